@@ -1,0 +1,11 @@
+"""Piccolo's configuration: the engine named by DATABASE_URL, and the project's one app."""
+
+import os
+
+from piccolo.conf.apps import AppRegistry
+
+from server.db import engine_from_url
+
+DB = engine_from_url(os.environ.get("DATABASE_URL", "sqlite:///mim.sqlite3"))
+
+APP_REGISTRY = AppRegistry(apps=["server.piccolo_app"])

@@ -1,0 +1,50 @@
+"""The GraphQL schema: root types assembled from one class per domain."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import strawberry
+from graphql.error import GraphQLError
+from strawberry.schema.config import StrawberryConfig
+from strawberry.types import ExecutionContext
+
+from schema.errors import ErrorCodes
+from schema.incidents import IncidentMutation, IncidentQuery
+from schema.kpis import KpiMutation, KpiQuery
+from schema.observations import ObservationMutation
+from schema.scalars import DateTime
+
+
+@strawberry.type
+class Query(KpiQuery, IncidentQuery):
+    pass
+
+
+@strawberry.type
+class Mutation(KpiMutation, IncidentMutation, ObservationMutation):
+    pass
+
+
+class QuietSchema(strawberry.Schema):
+    """Logs only what ErrorCodes reports as unexpected, not every rejected request."""
+
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        return None
+
+
+def build_schema(**options: Any) -> strawberry.Schema:
+    """Return the service's schema."""
+    return QuietSchema(
+        query=Query,
+        mutation=Mutation,
+        config=StrawberryConfig(scalar_map={datetime: DateTime}),
+        extensions=[ErrorCodes],
+        **options,
+    )
+
+
+schema = build_schema()

@@ -1,0 +1,245 @@
+"""KPI definitions: types, queries and the admin mutations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import strawberry
+
+from schema.context import Info
+from schema.enums import Comparison, Persona, Severity, Visibility
+from server import kpis, model, policy
+
+
+@strawberry.type(name="Viewer")
+class ViewerType:
+    subject: str
+    personas: list[Persona]
+    visibilities: list[Visibility]
+
+
+@strawberry.type(name="KpiTarget")
+class KpiTarget:
+    severity: Severity | None = strawberry.field(description="null: every severity")
+    persona: Persona | None = strawberry.field(description="null: every persona")
+    comparison: Comparison
+    threshold: float
+
+    @classmethod
+    def of(cls, target: model.Target | None) -> KpiTarget | None:
+        if target is None:
+            return None
+        return cls(
+            severity=target.severity,
+            persona=target.persona,
+            comparison=target.comparison,
+            threshold=target.threshold,
+        )
+
+
+@strawberry.type
+class FieldChange:
+    field: str
+    before: str | None = strawberry.field(description="JSON-encoded")
+    after: str | None = strawberry.field(description="JSON-encoded")
+
+
+@strawberry.type
+class KpiRevision:
+    version: int
+    changed_at: datetime
+    changed_by: str
+    note: str | None
+    changes: list[FieldChange]
+
+    @classmethod
+    def of(cls, revision: model.Revision) -> KpiRevision:
+        return cls(
+            version=revision.version,
+            changed_at=revision.changed_at,
+            changed_by=revision.changed_by,
+            note=revision.note,
+            changes=[
+                FieldChange(field=c.field, before=c.before, after=c.after) for c in revision.changes
+            ],
+        )
+
+
+@strawberry.type
+class KpiSummary:
+    count: int = strawberry.field(description="observations aggregated")
+    value: float | None = strawberry.field(description="their mean; null when count is 0")
+    target: KpiTarget | None = strawberry.field(description="the target that applies")
+    meets_target: bool | None = strawberry.field(description="null when no value or no target")
+
+
+@strawberry.type(name="KpiDefinition")
+class KpiDefinitionType:
+    slug: str
+    name: str
+    description: str
+    formula: str
+    expression: str | None
+    units: str
+    targets: list[KpiTarget]
+    data_sources: list[str]
+    visibility: Visibility
+    owner: str
+    review_cadence: str = strawberry.field(description="ISO 8601 duration, e.g. P90D")
+    last_reviewed_at: datetime | None
+    review_due_at: datetime | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    definition: strawberry.Private[model.Definition]
+
+    @classmethod
+    def of(cls, d: model.Definition) -> KpiDefinitionType:
+        return cls(
+            slug=d.slug,
+            name=d.name,
+            description=d.description,
+            formula=d.formula,
+            expression=d.expression,
+            units=d.units,
+            targets=[t for t in map(KpiTarget.of, d.targets) if t is not None],
+            data_sources=list(d.data_sources),
+            visibility=d.visibility,
+            owner=d.owner,
+            review_cadence=d.review_cadence,
+            last_reviewed_at=d.last_reviewed_at,
+            review_due_at=d.review_due_at,
+            version=d.version,
+            created_at=d.created_at,
+            updated_at=d.updated_at,
+            definition=d,
+        )
+
+    @strawberry.field(description="Newest first: the audit trail.")
+    async def revisions(self, info: Info) -> list[KpiRevision]:
+        return [KpiRevision.of(r) for r in await info.context.loaders.revisions.load(self.slug)]
+
+    @strawberry.field
+    async def summary(
+        self,
+        info: Info,
+        from_: Annotated[datetime | None, strawberry.argument(name="from")] = None,
+        to: datetime | None = None,
+        severity: Severity | None = None,
+    ) -> KpiSummary:
+        window = kpis.SummaryWindow(start=from_, end=to, severity=severity)
+        s = await info.context.loaders.summary.load((self.definition, window))
+        return KpiSummary(
+            count=s.count, value=s.value, target=KpiTarget.of(s.target), meets_target=s.meets_target
+        )
+
+
+@strawberry.type
+class KpiQuery:
+    @strawberry.field
+    def viewer(self, info: Info) -> ViewerType:
+        viewer = info.context.viewer
+        policy.readable(viewer)
+        visible = policy.visibilities(viewer)
+        return ViewerType(
+            subject=viewer.subject,
+            personas=sorted(viewer.personas, key=list(Persona).index),
+            visibilities=sorted(visible, key=list(Visibility).index),
+        )
+
+    @strawberry.field
+    async def kpis(
+        self, info: Info, visibility: Visibility | None = None
+    ) -> list[KpiDefinitionType]:
+        found = await kpis.list_definitions(viewer=info.context.viewer, visibility=visibility)
+        return [KpiDefinitionType.of(d) for d in found]
+
+    @strawberry.field
+    async def kpi(self, info: Info, slug: str) -> KpiDefinitionType | None:
+        found = await kpis.get_definition(viewer=info.context.viewer, slug=slug)
+        return KpiDefinitionType.of(found) if found else None
+
+
+@strawberry.input
+class KpiTargetInput:
+    severity: Severity | None = None
+    persona: Persona | None = None
+    comparison: Comparison
+    threshold: float
+
+    def to_model(self) -> model.Target:
+        return model.Target(
+            comparison=self.comparison,
+            threshold=self.threshold,
+            severity=self.severity,
+            persona=self.persona,
+        )
+
+
+@strawberry.input
+class CreateKpiDefinitionInput:
+    slug: str
+    name: str
+    description: str
+    formula: str
+    expression: str | None = None
+    units: str
+    targets: list[KpiTargetInput] | None = strawberry.field(default_factory=list)
+    data_sources: list[str] | None = strawberry.field(default_factory=list)
+    visibility: Visibility
+    owner: str
+    review_cadence: str
+
+
+@strawberry.input(description="Every field optional; slug never changes.")
+class UpdateKpiDefinitionInput:
+    name: str | None = strawberry.UNSET
+    description: str | None = strawberry.UNSET
+    formula: str | None = strawberry.UNSET
+    expression: str | None = strawberry.UNSET
+    units: str | None = strawberry.UNSET
+    targets: list[KpiTargetInput] | None = strawberry.UNSET
+    data_sources: list[str] | None = strawberry.UNSET
+    visibility: Visibility | None = strawberry.UNSET
+    owner: str | None = strawberry.UNSET
+    review_cadence: str | None = strawberry.UNSET
+
+
+def _fields(given: Any) -> dict[str, Any]:
+    """Return the input's fields that were given, with targets as domain values."""
+    fields: dict[str, Any] = {}
+    for name in (*kpis.EDITABLE, "slug"):
+        value = getattr(given, name, strawberry.UNSET)
+        if value is strawberry.UNSET:
+            continue
+        if name == "targets" and value is not None:
+            value = [t.to_model() for t in value]
+        fields[name] = value
+    return fields
+
+
+@strawberry.type
+class KpiMutation:
+    @strawberry.mutation
+    async def create_kpi_definition(
+        self, info: Info, input: CreateKpiDefinitionInput
+    ) -> KpiDefinitionType:
+        created = await kpis.create_definition(viewer=info.context.viewer, fields=_fields(input))
+        return KpiDefinitionType.of(created)
+
+    @strawberry.mutation
+    async def update_kpi_definition(
+        self, info: Info, slug: str, input: UpdateKpiDefinitionInput, note: str | None = None
+    ) -> KpiDefinitionType:
+        updated = await kpis.update_definition(
+            viewer=info.context.viewer, slug=slug, fields=_fields(input), note=note
+        )
+        return KpiDefinitionType.of(updated)
+
+    @strawberry.mutation
+    async def mark_kpi_reviewed(
+        self, info: Info, slug: str, note: str | None = None
+    ) -> KpiDefinitionType:
+        reviewed = await kpis.mark_reviewed(viewer=info.context.viewer, slug=slug, note=note)
+        return KpiDefinitionType.of(reviewed)

@@ -1,0 +1,81 @@
+"""DataLoaders: every nested list costs one query per request, whatever the page size."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TypeVar
+
+from strawberry.dataloader import DataLoader
+
+from server import incidents, kpis, observations
+from server.auth import Viewer
+from server.model import (
+    Alert,
+    Definition,
+    Incident,
+    Milestone,
+    Observation,
+    Revision,
+    Summary,
+    SurveyResponse,
+    TimelineEvent,
+)
+
+V = TypeVar("V")
+
+
+class Loaders:
+    """One set per request, so no cache is ever shared between callers."""
+
+    def __init__(self, viewer: Viewer) -> None:
+        self.viewer = viewer
+        self.definition = DataLoader[str, Definition | None](self._definitions)
+        self.revisions = DataLoader[str, list[Revision]](self._revisions)
+        self.summary = DataLoader[tuple[Definition, kpis.SummaryWindow], Summary](self._summaries)
+        self.incident = DataLoader[int, Incident | None](self._incidents)
+        self.alerts = DataLoader[int, list[Alert]](self._children(incidents.alerts_for))
+        self.timeline = DataLoader[int, list[TimelineEvent]](self._children(incidents.timeline_for))
+        self.milestones = DataLoader[int, list[Milestone]](self._children(incidents.milestones_for))
+        self.surveys = DataLoader[int, list[SurveyResponse]](self._children(incidents.surveys_for))
+        self.observations = DataLoader[tuple[int, tuple[str, ...] | None], list[Observation]](
+            self._observations
+        )
+
+    async def _definitions(self, slugs: Sequence[str]) -> list[Definition | None]:
+        found = await kpis.definitions_by_slug(viewer=self.viewer, slugs=slugs)
+        return [found.get(slug) for slug in slugs]
+
+    async def _revisions(self, slugs: Sequence[str]) -> list[list[Revision]]:
+        found = await kpis.revisions_by_slug(viewer=self.viewer, slugs=slugs)
+        return [found.get(slug, []) for slug in slugs]
+
+    async def _summaries(
+        self, keys: Sequence[tuple[Definition, kpis.SummaryWindow]]
+    ) -> list[Summary]:
+        return await kpis.summaries(viewer=self.viewer, keys=keys)
+
+    async def _incidents(self, pks: Sequence[int]) -> list[Incident | None]:
+        found = await incidents.by_pk(viewer=self.viewer, pks=pks)
+        return [found.get(pk) for pk in pks]
+
+    def _children(
+        self, fetch: Callable[..., Awaitable[Mapping[int, list[V]]]]
+    ) -> Callable[[Sequence[int]], Awaitable[list[list[V]]]]:
+        async def load(pks: Sequence[int]) -> list[list[V]]:
+            found = await fetch(viewer=self.viewer, pks=pks)
+            return [found.get(pk, []) for pk in pks]
+
+        return load
+
+    async def _observations(
+        self, keys: Sequence[tuple[int, tuple[str, ...] | None]]
+    ) -> list[list[Observation]]:
+        by_slugs: dict[tuple[str, ...] | None, list[int]] = {}
+        for pk, slugs in keys:
+            by_slugs.setdefault(slugs, []).append(pk)
+        found: dict[tuple[int, tuple[str, ...] | None], list[Observation]] = {}
+        for slugs, pks in by_slugs.items():
+            rows = await observations.for_incidents(viewer=self.viewer, pks=pks, slugs=slugs)
+            for pk, items in rows.items():
+                found[(pk, slugs)] = items
+        return [found.get(key, []) for key in keys]

@@ -1,0 +1,31 @@
+"""The DateTime scalar: ISO 8601 with a UTC offset; naive values are refused."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import strawberry
+
+
+def _serialize(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat()
+
+
+def _parse(value: object) -> datetime:
+    if not isinstance(value, str):
+        raise ValueError("DateTime must be an ISO 8601 string")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an ISO 8601 date-time") from None
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise ValueError(f"{value!r} has no UTC offset; add Z or +HH:MM")
+    return parsed.astimezone(UTC)
+
+
+DateTime = strawberry.scalar(
+    name="DateTime",
+    description="ISO 8601 date-time with a UTC offset.",
+    serialize=_serialize,
+    parse_value=_parse,
+)

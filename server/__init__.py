@@ -1,0 +1,1 @@
+"""The KPI source of truth for incident management."""

@@ -1,0 +1,140 @@
+"""The `mim` command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+import click
+
+from server.config import ConfigError, Settings
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(coro)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except (ConfigError, OSError) as error:
+        raise click.ClickException(str(error)) from None
+
+
+@click.group()
+def main() -> None:
+    """The KPI source of truth for incident management."""
+
+
+@main.command()
+def migrate() -> None:
+    """Bring the database schema up to date."""
+    _run(_migrate())
+
+
+async def _migrate() -> None:
+    from piccolo.apps.migrations.commands.forwards import run_forwards
+
+    response = await run_forwards(app_name="mim")
+    if not response.success:
+        raise click.ClickException(response.message or "migration failed")
+
+
+@main.command()
+@click.option("--host", default=None, help="Listen address (default MIM_HOST or 127.0.0.1).")
+@click.option("--port", default=None, type=int, help="Port (default MIM_PORT or 8080).")
+def serve(host: str | None, port: int | None) -> None:
+    """Serve GraphQL, the REST mirror and health checks."""
+    from aiohttp import web
+
+    from server.app import create_app
+
+    settings = _settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    web.run_app(
+        create_app(settings),
+        host=host or settings.host,
+        port=port or settings.port,
+        access_log_format='%a "%r" %s %b %Tf',
+    )
+
+
+@main.command()
+@click.option(
+    "--persona",
+    "personas",
+    multiple=True,
+    required=True,
+    type=click.Choice(["exec", "stakeholder", "responder", "ingest", "admin"]),
+)
+@click.option(
+    "--sub", "subject", default="local-user", show_default=True, help="The token's subject."
+)
+@click.option(
+    "--ttl",
+    default=3600,
+    show_default=True,
+    type=click.IntRange(1, 86400 * 30),
+    help="Seconds until it expires.",
+)
+def token(personas: tuple[str, ...], subject: str, ttl: int) -> None:
+    """Print a signed token for local use."""
+    from server.auth import issue_token
+
+    try:
+        click.echo(issue_token(_settings(), personas=personas, subject=subject, ttl_seconds=ttl))
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@main.command()
+@click.option(
+    "--incidents", "count", default=300, show_default=True, type=click.IntRange(1, 1_000_000)
+)
+@click.option(
+    "--seed", default=2041, show_default=True, help="Random seed, for a repeatable data set."
+)
+@click.option(
+    "--if-empty", is_flag=True, help="Do nothing when the database already holds incidents."
+)
+def demo(count: int, seed: int, if_empty: bool) -> None:
+    """Load a synthetic data set of incidents, their data and KPI observations."""
+    from server import demo as demo_data
+
+    async def go() -> None:
+        if if_empty and await demo_data.has_incidents():
+            click.echo("demo data already present; leaving it as it is")
+            return
+        loaded = await demo_data.load(count=count, seed=seed)
+        click.echo(f"loaded {loaded} demo incidents")
+
+    _run(go())
+
+
+@main.group()
+def kpi() -> None:
+    """KPI definitions."""
+
+
+@kpi.command("list")
+def kpi_list() -> None:
+    """List every KPI definition (as an admin sees them)."""
+    from server import kpis
+    from server.auth import Viewer
+    from server.model import Persona
+
+    operator = Viewer(subject="cli", personas=frozenset({Persona.ADMIN}))
+    rows = _run(kpis.list_definitions(viewer=operator))
+    width = max((len(d.slug) for d in rows), default=4)
+    click.echo(f"{'slug':<{width}}  {'visibility':<10}  {'units':<8}  {'version':>7}  owner")
+    for d in rows:
+        click.echo(
+            f"{d.slug:<{width}}  {d.visibility.value:<10}  {d.units:<8}  {d.version:>7}  {d.owner}"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The environment, read once into a frozen Settings object."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DATABASE_URL = "sqlite:///mim.sqlite3"
+DEFAULT_SECRET_FILE = ".mim-jwt-secret"
+MIN_HMAC_SECRET_BYTES = 32
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
+class ConfigError(ValueError):
+    """The environment describes a set-up the service refuses to run with."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    host: str = "127.0.0.1"
+    port: int = 8080
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_jwks_url: str | None = None
+    jwt_algorithms: tuple[str, ...] = ("HS256",)
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_persona_claim: str = "persona"
+    jwt_leeway_seconds: int = 30
+    graphiql: bool = True
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Return the settings the environment describes, refusing unsafe key set-ups."""
+        env = os.environ if env is None else env
+        secret = env.get("MIM_JWT_SECRET") or None
+        public_key_file = env.get("MIM_JWT_PUBLIC_KEY") or None
+        jwks_url = env.get("MIM_JWT_JWKS_URL") or None
+        if not (secret or public_key_file or jwks_url):
+            secret = local_secret(Path(env.get("MIM_JWT_SECRET_FILE", DEFAULT_SECRET_FILE)))
+        public_key = Path(public_key_file).read_text() if public_key_file else None
+        default_algorithms = "HS256" if secret else "RS256,ES256"
+        algorithms = _algorithms(env.get("MIM_JWT_ALGORITHMS", default_algorithms))
+        _check_keys(secret, public_key or jwks_url, algorithms)
+        return cls(
+            database_url=env.get("DATABASE_URL", DEFAULT_DATABASE_URL),
+            host=env.get("MIM_HOST", "127.0.0.1"),
+            port=_int(env, "MIM_PORT", 8080),
+            jwt_secret=secret,
+            jwt_public_key=public_key,
+            jwt_jwks_url=jwks_url,
+            jwt_algorithms=algorithms,
+            jwt_issuer=env.get("MIM_JWT_ISSUER") or None,
+            jwt_audience=env.get("MIM_JWT_AUDIENCE") or None,
+            jwt_persona_claim=env.get("MIM_JWT_PERSONA_CLAIM") or "persona",
+            jwt_leeway_seconds=_int(env, "MIM_JWT_LEEWAY", 30),
+            graphiql=env.get("MIM_GRAPHIQL", "1").lower() not in ("0", "false", "no", "off"),
+        )
+
+
+def local_secret(path: Path) -> str:
+    """Return the local signing secret kept in `path`, creating a random one on first use."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    return secret
+
+
+def _algorithms(raw: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in raw.split(",") if name.strip())
+    if not names:
+        raise ConfigError("MIM_JWT_ALGORITHMS is empty")
+    unknown = [n for n in names if n not in HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS]
+    if unknown:
+        raise ConfigError(f"MIM_JWT_ALGORITHMS has algorithms the service never accepts: {unknown}")
+    return names
+
+
+def _check_keys(secret: str | None, asymmetric: object, algorithms: tuple[str, ...]) -> None:
+    if secret and asymmetric:
+        raise ConfigError("configure MIM_JWT_SECRET or a public key / JWKS URL, not both")
+    hmac = [a for a in algorithms if a in HMAC_ALGORITHMS]
+    if secret and len(hmac) != len(algorithms):
+        raise ConfigError("MIM_JWT_SECRET goes with HMAC algorithms (HS256) only")
+    if asymmetric and hmac:
+        # An HMAC algorithm beside a public key lets a token be signed with the public key itself.
+        raise ConfigError("a public key or JWKS URL goes with asymmetric algorithms only")
+    if secret and len(secret.encode()) < MIN_HMAC_SECRET_BYTES:
+        raise ConfigError(f"MIM_JWT_SECRET must be at least {MIN_HMAC_SECRET_BYTES} bytes")
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None

@@ -1,0 +1,33 @@
+"""The one family of errors services raise; the API layers map each to a contract code."""
+
+from __future__ import annotations
+
+
+class AppError(Exception):
+    """An error whose message is safe to show the caller."""
+
+    code = "INTERNAL"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadInput(AppError):
+    code = "BAD_USER_INPUT"
+
+
+class NotFound(BadInput):
+    """A referenced thing does not exist, or the caller may not see it: the same to the caller."""
+
+
+class Conflict(AppError):
+    code = "CONFLICT"
+
+
+class Forbidden(AppError):
+    code = "FORBIDDEN"
+
+
+class Unauthenticated(AppError):
+    code = "UNAUTHENTICATED"

@@ -1,0 +1,172 @@
+"""KPI observations: append-only, unique per (kpi, incident, timestamp), read under the policy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from server import db, policy, validate
+from server.auth import Viewer
+from server.errors import BadInput, Conflict
+from server.model import Observation
+from server.tables import Incident, KpiDefinition, KpiObservation
+
+MAX_BATCH = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ObservationInput:
+    kpi_slug: str
+    incident_key: str
+    timestamp: datetime
+    value: float
+    source: str
+    confidence: float = 1.0
+
+
+async def record(*, viewer: Viewer, inputs: Sequence[ObservationInput]) -> list[Observation]:
+    """Record observations all or nothing: a repeat is a no-op, another value a conflict."""
+    policy.require(viewer, policy.Action.INGEST)
+    if not 1 <= len(inputs) <= MAX_BATCH:
+        raise BadInput(f"send between 1 and {MAX_BATCH} observations at a time")
+    checked = [_checked(i, n) for n, i in enumerate(inputs)]
+    _check_batch_duplicates(checked)
+    now = datetime.now(UTC)
+    async with db.transaction():
+        slugs = await _known_slugs(viewer, {i.kpi_slug for i in checked})
+        pks = await _incident_pks({i.incident_key for i in checked})
+        rows = [_row(i, slugs, pks, now) for i in checked]
+        await KpiObservation.insert(*rows).on_conflict(
+            target=(KpiObservation.kpi, KpiObservation.incident, KpiObservation.timestamp),
+            action="DO NOTHING",
+        )
+        stored = await _stored(rows)
+        result = []
+        for row in rows:
+            existing = stored[(row.kpi, row.incident, row.timestamp)]
+            if existing.value != row.value:
+                raise Conflict(
+                    f"an observation of {row.kpi!r} for this incident at "
+                    f"{row.timestamp.isoformat()} exists with another value"
+                )
+            result.append(existing)
+    return result
+
+
+async def for_incidents(
+    *, viewer: Viewer, pks: Sequence[int], slugs: Sequence[str] | None = None
+) -> dict[int, list[Observation]]:
+    """Return each incident's observations of the KPIs the viewer may see, by KPI then time."""
+    found: dict[int, list[Observation]] = {pk: [] for pk in pks}
+    if not pks:
+        return found
+    query = KpiObservation.select(*_COLUMNS).where(
+        policy.observation_filter(viewer), KpiObservation.incident.is_in(list(set(pks)))
+    )
+    if slugs is not None:
+        if not slugs:
+            return found
+        query = query.where(KpiObservation.kpi.is_in(list(set(slugs))))
+    rows = await query.order_by(KpiObservation.kpi, KpiObservation.timestamp)
+    for row in rows:
+        found[row["incident"]].append(_observation(row))
+    return found
+
+
+_COLUMNS = (
+    KpiObservation.kpi,
+    KpiObservation.incident,
+    KpiObservation.timestamp,
+    KpiObservation.value,
+    KpiObservation.source,
+    KpiObservation.confidence,
+    KpiObservation.definition_version,
+)
+
+
+def _checked(given: ObservationInput, n: int) -> ObservationInput:
+    where = f"observation {n}: "
+    try:
+        return ObservationInput(
+            kpi_slug=given.kpi_slug,
+            incident_key=given.incident_key,
+            timestamp=validate.utc(given.timestamp, "timestamp"),
+            value=validate.finite(given.value, "value"),
+            source=validate.text(given.source, "source", max_length=64),
+            confidence=validate.in_range(given.confidence, "confidence", 0.0, 1.0),
+        )
+    except BadInput as error:
+        raise BadInput(where + error.message) from None
+
+
+def _check_batch_duplicates(inputs: Sequence[ObservationInput]) -> None:
+    seen: dict[tuple[str, str, datetime], float] = {}
+    for given in inputs:
+        key = (given.kpi_slug, given.incident_key, given.timestamp)
+        if key in seen and seen[key] != given.value:
+            raise Conflict(
+                "the batch holds two different values for one (kpi, incident, timestamp)"
+            )
+        seen[key] = given.value
+
+
+async def _known_slugs(viewer: Viewer, slugs: set[str]) -> set[str]:
+    rows = await KpiDefinition.select(KpiDefinition.slug).where(
+        policy.kpi_filter(viewer), KpiDefinition.slug.is_in(list(slugs))
+    )
+    known = {row["slug"] for row in rows}
+    unknown = sorted(slugs - known)
+    if unknown:
+        raise BadInput(f"unknown KPI slug {unknown[0]!r}")
+    return known
+
+
+async def _incident_pks(keys: set[str]) -> dict[str, int]:
+    rows = await Incident.select(Incident.id, Incident.key).where(Incident.key.is_in(list(keys)))
+    found = {row["key"]: row["id"] for row in rows}
+    missing = sorted(keys - found.keys())
+    if missing:
+        raise BadInput(f"unknown incident {missing[0]!r}")
+    return found
+
+
+def _row(
+    given: ObservationInput, slugs: set[str], pks: dict[str, int], now: datetime
+) -> KpiObservation:
+    return KpiObservation(
+        kpi=given.kpi_slug,
+        incident=pks[given.incident_key],
+        timestamp=given.timestamp,
+        value=given.value,
+        source=given.source,
+        confidence=given.confidence,
+        definition_version=None,
+        recorded_at=now,
+    )
+
+
+async def _stored(rows: Sequence[KpiObservation]) -> dict[tuple[str, int, datetime], Observation]:
+    stamps = [r.timestamp for r in rows]
+    query = KpiObservation.select(*_COLUMNS).where(
+        KpiObservation.kpi.is_in(list({r.kpi for r in rows})),
+        KpiObservation.incident.is_in(list({r.incident for r in rows})),
+        KpiObservation.timestamp >= min(stamps),
+        KpiObservation.timestamp <= max(stamps),
+    )
+    return {
+        (row["kpi"], row["incident"], row["timestamp"]): _observation(row) for row in await query
+    }
+
+
+def _observation(row: dict[str, Any]) -> Observation:
+    return Observation(
+        kpi_slug=row["kpi"],
+        incident_pk=row["incident"],
+        timestamp=row["timestamp"],
+        value=row["value"],
+        source=row["source"],
+        confidence=row["confidence"],
+        definition_version=row["definition_version"],
+    )

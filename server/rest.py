@@ -1,0 +1,125 @@
+"""The REST mirror of the seed page, on the same services and policy as GraphQL."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from server import incidents, kpis, observations, targets
+from server.errors import AppError
+from server.http import error_response, viewer_of
+from server.model import Definition, Incident, Observation, Target
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/kpis", list_kpis)
+    app.router.add_get("/kpis/{slug}", get_kpi)
+    app.router.add_get("/incidents/{id}/kpis", incident_kpis)
+
+
+def _not_found() -> web.Response:
+    # The same answer for "does not exist" and "may not see": nothing is revealed.
+    return error_response(404, "NOT_FOUND", "Not found.")
+
+
+def _app_error(error: AppError) -> web.Response:
+    status = {"FORBIDDEN": 403, "BAD_USER_INPUT": 400, "CONFLICT": 409}.get(error.code, 500)
+    return error_response(status, error.code, error.message)
+
+
+async def list_kpis(request: web.Request) -> web.Response:
+    try:
+        found = await kpis.list_definitions(viewer=viewer_of(request))
+    except AppError as error:
+        return _app_error(error)
+    return web.json_response({"kpis": [definition_json(d) for d in found]})
+
+
+async def get_kpi(request: web.Request) -> web.Response:
+    try:
+        found = await kpis.get_definition(
+            viewer=viewer_of(request), slug=request.match_info["slug"]
+        )
+    except AppError as error:
+        return _app_error(error)
+    if found is None:
+        return _not_found()
+    return web.json_response({"kpi": definition_json(found)})
+
+
+async def incident_kpis(request: web.Request) -> web.Response:
+    viewer = viewer_of(request)
+    try:
+        incident = await incidents.by_key(viewer=viewer, key=request.match_info["id"])
+        if incident is None:
+            return _not_found()
+        rows = (await observations.for_incidents(viewer=viewer, pks=[incident.pk]))[incident.pk]
+        defs = await kpis.definitions_by_slug(viewer=viewer, slugs=[o.kpi_slug for o in rows])
+    except AppError as error:
+        return _app_error(error)
+    body = {
+        "incident": incident_json(incident),
+        "kpis": [observation_json(o, defs[o.kpi_slug], incident, viewer.personas) for o in rows],
+    }
+    return web.json_response(body)
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def target_json(target: Target) -> dict[str, Any]:
+    return {
+        "severity": target.severity.name if target.severity else None,
+        "persona": target.persona.name if target.persona else None,
+        "comparison": target.comparison.name,
+        "threshold": target.threshold,
+    }
+
+
+def definition_json(d: Definition) -> dict[str, Any]:
+    return {
+        "slug": d.slug,
+        "name": d.name,
+        "description": d.description,
+        "formula": d.formula,
+        "expression": d.expression,
+        "units": d.units,
+        "targets": [target_json(t) for t in d.targets],
+        "dataSources": list(d.data_sources),
+        "visibility": d.visibility.name,
+        "owner": d.owner,
+        "reviewCadence": d.review_cadence,
+        "lastReviewedAt": _time(d.last_reviewed_at),
+        "reviewDueAt": _time(d.review_due_at),
+        "version": d.version,
+        "createdAt": _time(d.created_at),
+        "updatedAt": _time(d.updated_at),
+    }
+
+
+def incident_json(i: Incident) -> dict[str, Any]:
+    return {
+        "id": i.key,
+        "title": i.title,
+        "severity": i.severity.name,
+        "detectedAt": _time(i.detected_at),
+        "resolvedAt": _time(i.resolved_at),
+    }
+
+
+def observation_json(o: Observation, d: Definition, i: Incident, personas: Any) -> dict[str, Any]:
+    target = targets.applicable(d.targets, severity=i.severity, personas=personas)
+    return {
+        "kpiSlug": o.kpi_slug,
+        "kpiName": d.name,
+        "units": d.units,
+        "timestamp": _time(o.timestamp),
+        "value": o.value,
+        "source": o.source,
+        "confidence": o.confidence,
+        "definitionVersion": o.definition_version,
+        "meetsTarget": targets.meets(target, o.value),
+    }

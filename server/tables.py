@@ -1,0 +1,108 @@
+"""Piccolo tables. Composite unique constraints live in the migrations."""
+
+from __future__ import annotations
+
+from piccolo.columns import (
+    JSON,
+    DoublePrecision,
+    ForeignKey,
+    Integer,
+    OnDelete,
+    Serial,
+    Text,
+    Timestamptz,
+    Varchar,
+)
+from piccolo.table import Table
+
+
+class KpiDefinition(Table, tablename="kpi_definition"):
+    slug = Varchar(length=64, primary_key=True)
+    name = Varchar(length=200)
+    description = Text()
+    formula = Text()
+    expression = Text(null=True, default=None)
+    units = Varchar(length=64)
+    targets = JSON(default="[]")
+    data_sources = JSON(default="[]")
+    visibility = Varchar(length=16, index=True)
+    owner = Varchar(length=200)
+    review_cadence = Varchar(length=64)
+    last_reviewed_at = Timestamptz(null=True, default=None)
+    version = Integer(default=1)
+    created_at = Timestamptz()
+    updated_at = Timestamptz()
+
+
+class KpiRevision(Table, tablename="kpi_revision"):
+    id = Serial(primary_key=True)
+    kpi = ForeignKey(KpiDefinition, on_delete=OnDelete.cascade, null=False, index=True)
+    version = Integer()
+    changed_at = Timestamptz()
+    changed_by = Varchar(length=200)
+    note = Text(null=True, default=None)
+    changes = JSON(default="[]")
+
+
+class Incident(Table, tablename="incident"):
+    id = Serial(primary_key=True)
+    key = Varchar(length=64, unique=True)
+    title = Varchar(length=500)
+    severity = Varchar(length=2, index=True)
+    detected_at = Timestamptz(index=True)
+    resolved_at = Timestamptz(null=True, default=None)
+
+
+class Alert(Table, tablename="alert"):
+    id = Serial(primary_key=True)
+    incident = ForeignKey(Incident, on_delete=OnDelete.cascade, null=False, index=True)
+    issue_time = Timestamptz()
+    source = Varchar(length=200, null=True, default=None)
+
+
+class TimelineEvent(Table, tablename="timeline_event"):
+    id = Serial(primary_key=True)
+    incident = ForeignKey(Incident, on_delete=OnDelete.cascade, null=False, index=True)
+    kind = Varchar(length=64)
+    phase = Varchar(length=64, null=True, default=None)
+    occurred_at = Timestamptz()
+    note = Text(null=True, default=None)
+
+
+class Milestone(Table, tablename="milestone"):
+    id = Serial(primary_key=True)
+    incident = ForeignKey(Incident, on_delete=OnDelete.cascade, null=False, index=True)
+    name = Varchar(length=200)
+    committed_eta = Timestamptz()
+    delivered_at = Timestamptz(null=True, default=None)
+
+
+class SurveyResponse(Table, tablename="survey_response"):
+    id = Serial(primary_key=True)
+    incident = ForeignKey(Incident, on_delete=OnDelete.cascade, null=False, index=True)
+    score = Integer()
+    submitted_at = Timestamptz()
+
+
+class KpiObservation(Table, tablename="kpi_observation"):
+    id = Serial(primary_key=True)
+    kpi = ForeignKey(KpiDefinition, on_delete=OnDelete.restrict, null=False, index=True)
+    incident = ForeignKey(Incident, on_delete=OnDelete.cascade, null=False, index=True)
+    timestamp = Timestamptz()
+    value = DoublePrecision()
+    source = Varchar(length=64)
+    confidence = DoublePrecision(default=1.0)
+    definition_version = Integer(null=True, default=None)
+    recorded_at = Timestamptz()
+
+
+TABLES: list[type[Table]] = [
+    KpiDefinition,
+    KpiRevision,
+    Incident,
+    Alert,
+    TimelineEvent,
+    Milestone,
+    SurveyResponse,
+    KpiObservation,
+]

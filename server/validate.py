@@ -1,0 +1,98 @@
+"""Checks shared by the services; each raises BadInput with a message naming the field."""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, datetime
+
+import isodate
+
+from server.errors import BadInput
+
+SLUG_PATTERN = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+SLUG_MAX = 64
+INCIDENT_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+INCIDENT_KEY_MAX = 64
+
+
+def slug(value: str) -> str:
+    """Return a valid KPI slug."""
+    if len(value) > SLUG_MAX or not SLUG_PATTERN.match(value):
+        raise BadInput(
+            f"slug must match {SLUG_PATTERN.pattern} and be at most {SLUG_MAX} characters"
+        )
+    return value
+
+
+def incident_key(value: str) -> str:
+    """Return a valid external incident id such as INC-2041."""
+    if len(value) > INCIDENT_KEY_MAX or not INCIDENT_KEY_PATTERN.match(value):
+        raise BadInput(
+            "incident id must be 1 to 64 letters, digits or . _ : / - and start with a letter "
+            "or digit"
+        )
+    return value
+
+
+def text(value: str, field: str, *, max_length: int, required: bool = True) -> str:
+    """Return a string that fits its column; required strings may not be blank."""
+    if required and not value.strip():
+        raise BadInput(f"{field} must not be empty")
+    if len(value) > max_length:
+        raise BadInput(f"{field} must be at most {max_length} characters")
+    if "\x00" in value:
+        raise BadInput(f"{field} must not contain NUL characters")
+    return value
+
+
+def optional_text(value: str | None, field: str, *, max_length: int) -> str | None:
+    """Return an optional string that fits its column."""
+    if value is None:
+        return None
+    return text(value, field, max_length=max_length, required=False)
+
+
+def finite(value: float, field: str) -> float:
+    """Return a finite float."""
+    if not math.isfinite(value):
+        raise BadInput(f"{field} must be a finite number")
+    return float(value)
+
+
+def in_range(value: float, field: str, low: float, high: float) -> float:
+    """Return a finite float within [low, high]."""
+    finite(value, field)
+    if not low <= value <= high:
+        raise BadInput(f"{field} must be between {low:g} and {high:g}")
+    return float(value)
+
+
+def utc(value: datetime, field: str) -> datetime:
+    """Return an offset-aware date-time converted to UTC; naive ones are ambiguous."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise BadInput(f"{field} must be an ISO 8601 date-time with a UTC offset")
+    return value.astimezone(UTC)
+
+
+def optional_utc(value: datetime | None, field: str) -> datetime | None:
+    """Return an optional date-time converted to UTC."""
+    return None if value is None else utc(value, field)
+
+
+def duration(value: str, field: str = "reviewCadence") -> str:
+    """Return a positive ISO 8601 duration such as P90D, unchanged."""
+    try:
+        parsed = isodate.parse_duration(value)
+    except (isodate.ISO8601Error, ValueError, TypeError):
+        raise BadInput(f"{field} must be an ISO 8601 duration such as P90D") from None
+    anchor = datetime(2000, 1, 1, tzinfo=UTC)
+    if anchor + parsed <= anchor:
+        raise BadInput(f"{field} must be a positive duration")
+    return value
+
+
+def add_duration(start: datetime, value: str) -> datetime:
+    """Return `start` plus an ISO 8601 duration (months and years by the calendar)."""
+    result: datetime = start + isodate.parse_duration(value)
+    return result

@@ -1,0 +1,163 @@
+"""Shared fixtures: a migrated database (SQLite or PostgreSQL), the app over real HTTP, real tokens.
+
+TEST_DATABASE_URL picks the engine; by default a fresh SQLite file. The database is rebuilt from
+the migrations once per run and emptied back to the seeded state before every test.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+
+_TMP = Path(tempfile.mkdtemp(prefix="mim-tests-"))
+DATABASE_URL = os.environ.get("TEST_DATABASE_URL") or f"sqlite:///{_TMP / 'test.sqlite3'}"
+os.environ["DATABASE_URL"] = DATABASE_URL  # piccolo_conf reads it at import, so before any import
+TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
+ENV = {
+    "DATABASE_URL": DATABASE_URL,
+    "MIM_JWT_SECRET": TEST_SECRET,
+    "MIM_JWT_SECRET_FILE": str(_TMP / "unused-secret"),
+}
+
+from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
+
+from server import db  # noqa: E402
+from server.app import create_app  # noqa: E402
+from server.config import Settings  # noqa: E402
+from server.tables import TABLES, KpiDefinition, KpiRevision  # noqa: E402
+
+PERSONAS = ("exec", "stakeholder", "responder", "ingest", "admin")
+EXEC_ONLY = ("exec", "stakeholder")
+SEES_INTERNAL = ("responder", "ingest", "admin")
+
+
+def is_postgres() -> bool:
+    return DATABASE_URL.startswith("postgres")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    engine = "PostgreSQL" if is_postgres() else "SQLite"
+    return f"database: {engine} ({DATABASE_URL.rsplit('@', 1)[-1]})"
+
+
+async def _reset_schema() -> None:
+    if is_postgres():
+        await db.engine().run_ddl("DROP SCHEMA public CASCADE")
+        await db.engine().run_ddl("CREATE SCHEMA public")
+    else:
+        Path(db.engine().path).unlink(missing_ok=True)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+async def seeded() -> dict[str, list[dict[str, Any]]]:
+    """Migrate a fresh database once, and return the seeded rows to restore before each test."""
+    from piccolo.apps.migrations.commands.forwards import run_forwards
+
+    await _reset_schema()
+    result = await run_forwards(app_name="mim")
+    assert result.success, result.message
+    return {
+        "definitions": await KpiDefinition.select(),
+        "revisions": await KpiRevision.select(
+            *(c for c in KpiRevision.all_columns() if c._meta.name != "id")
+        ),
+    }
+
+
+@pytest.fixture(autouse=True)
+async def clean_db(seeded: dict[str, list[dict[str, Any]]]) -> None:
+    """Empty every table, then put the seed KPIs back as the migration left them."""
+    for table in reversed(TABLES):
+        await table.delete(force=True)
+    await KpiDefinition.insert(*(KpiDefinition(_data=row) for row in seeded["definitions"]))
+    await KpiRevision.insert(*(KpiRevision(_data=row) for row in seeded["revisions"]))
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings.from_env(ENV)
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[TestClient]:
+    async with TestClient(TestServer(create_app(settings))) as test_client:
+        yield test_client
+
+
+def make_token(
+    persona: Any = "admin",
+    *,
+    sub: Any = "tester",
+    secret: str = TEST_SECRET,
+    algorithm: str = "HS256",
+    ttl: int = 600,
+    **claims: Any,
+) -> str:
+    """Return a real signed token; pass persona=None or sub=None to leave the claim out."""
+    now = int(time.time())
+    payload: dict[str, Any] = {"iat": now, "exp": now + ttl, **claims}
+    if persona is not None:
+        payload["persona"] = persona
+    if sub is not None:
+        payload["sub"] = sub
+    return jwt.encode(payload, secret, algorithm=algorithm)
+
+
+async def gql(
+    client: TestClient,
+    query: str,
+    variables: dict[str, Any] | None = None,
+    *,
+    persona: Any = "admin",
+    token: str | None = None,
+) -> dict[str, Any]:
+    """POST a GraphQL request with a bearer token; return the JSON body (asserting HTTP 200)."""
+    token = token if token is not None else make_token(persona)
+    response = await client.post(
+        "/graphql",
+        json={"query": query, "variables": variables or {}},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert response.status == 200, await response.text()
+    body: dict[str, Any] = await response.json()
+    return body
+
+
+def codes(body: dict[str, Any]) -> list[str]:
+    """Return the extensions.code of every error in a GraphQL response."""
+    return [e["extensions"]["code"] for e in body.get("errors", [])]
+
+
+class StatementCounter:
+    """Counts the SQL statements the engine runs, by wrapping its one entry point."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.statements)
+
+
+@pytest.fixture
+def sql_statements() -> Iterator[StatementCounter]:
+    engine = db.engine()
+    counter = StatementCounter()
+    original = engine.run_querystring
+
+    async def counting(querystring: Any, in_pool: bool = True) -> Any:
+        counter.statements.append(str(querystring))
+        return await original(querystring, in_pool=in_pool)
+
+    engine.run_querystring = counting  # type: ignore[method-assign]
+    try:
+        yield counter
+    finally:
+        engine.run_querystring = original  # type: ignore[method-assign]
