@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -147,17 +147,15 @@ class StatementCounter:
 
 
 @pytest.fixture
-def sql_statements() -> Iterator[StatementCounter]:
-    engine = db.engine()
+def sql_statements(monkeypatch: pytest.MonkeyPatch) -> StatementCounter:
+    """Count statements by wrapping the engine class's one entry point (engines have __slots__)."""
+    engine_class = type(db.engine())
     counter = StatementCounter()
-    original = engine.run_querystring
+    original = engine_class.run_querystring
 
-    async def counting(querystring: Any, in_pool: bool = True) -> Any:
+    async def counting(self: Any, querystring: Any, in_pool: bool = True) -> Any:
         counter.statements.append(str(querystring))
-        return await original(querystring, in_pool=in_pool)
+        return await original(self, querystring, in_pool=in_pool)
 
-    engine.run_querystring = counting  # type: ignore[method-assign]
-    try:
-        yield counter
-    finally:
-        engine.run_querystring = original  # type: ignore[method-assign]
+    monkeypatch.setattr(engine_class, "run_querystring", counting)
+    return counter

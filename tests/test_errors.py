@@ -1,0 +1,54 @@
+"""Every error leaves with a contract code; faults are masked."""
+
+from __future__ import annotations
+
+from graphql import GraphQLError
+
+from schema.errors import INTERNAL_MESSAGE, coded
+from server.errors import BadInput, Conflict, Forbidden
+from tests.conftest import codes, gql
+
+
+def test_unexpected_exception_in_a_resolver_is_masked_as_internal() -> None:
+    error = GraphQLError(
+        "connection to 10.0.0.5 refused: password=hunter2",
+        path=["kpis"],
+        original_error=RuntimeError("connection to 10.0.0.5 refused: password=hunter2"),
+    )
+    shown = coded(error)
+    assert shown.message == INTERNAL_MESSAGE
+    assert shown.extensions == {"code": "INTERNAL"}
+    assert shown.original_error is None
+
+
+def test_service_errors_keep_their_message_and_code() -> None:
+    for raised, code in (
+        (BadInput("bad"), "BAD_USER_INPUT"),
+        (Conflict("c"), "CONFLICT"),
+        (Forbidden("f"), "FORBIDDEN"),
+    ):
+        shown = coded(GraphQLError(raised.message, path=["x"], original_error=raised))
+        assert (shown.message, shown.extensions) == (raised.message, {"code": code})
+
+
+async def test_syntax_error_is_bad_user_input(client) -> None:
+    body = await gql(client, "{ kpis { slug ")
+    assert codes(body) == ["BAD_USER_INPUT"]
+    assert "data" not in body or body["data"] is None
+
+
+async def test_unknown_field_is_bad_user_input(client) -> None:
+    body = await gql(client, "{ kpis { slug secretColumn } }")
+    assert codes(body) == ["BAD_USER_INPUT"]
+
+
+async def test_naive_datetime_variable_is_bad_user_input(client) -> None:
+    query = "query ($t: DateTime) { kpis { summary(from: $t) { count } } }"
+    body = await gql(client, query, {"t": "2026-01-01T10:00:00"})
+    assert codes(body) == ["BAD_USER_INPUT"]
+    assert "offset" in body["errors"][0]["message"]
+
+
+async def test_naive_datetime_literal_is_bad_user_input(client) -> None:
+    body = await gql(client, '{ kpis { summary(from: "2026-01-01T10:00:00") { count } } }')
+    assert codes(body) == ["BAD_USER_INPUT"]
