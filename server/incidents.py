@@ -55,7 +55,7 @@ async def page(
     if clauses:
         query = query.where(*clauses)
     rows = await query.limit(first + 1)
-    incidents = [_incident(row) for row in rows[:first]]
+    incidents = [incident_from_row(row) for row in rows[:first]]
     return IncidentPage(
         incidents=incidents,
         cursors=[encode_cursor(i) for i in incidents],
@@ -103,7 +103,7 @@ async def by_key(*, viewer: Viewer, key: str) -> Incident | None:
     """Return the incident with an external id, if any."""
     policy.require(viewer, policy.Action.READ)
     rows = await t.Incident.select().where(t.Incident.key == key)
-    return _incident(rows[0]) if rows else None
+    return incident_from_row(rows[0]) if rows else None
 
 
 async def by_pk(*, viewer: Viewer, pks: Sequence[int]) -> dict[int, Incident]:
@@ -112,14 +112,11 @@ async def by_pk(*, viewer: Viewer, pks: Sequence[int]) -> dict[int, Incident]:
     if not pks:
         return {}
     rows = await t.Incident.select().where(t.Incident.id.is_in(list(set(pks))))
-    return {row["id"]: _incident(row) for row in rows}
+    return {row["id"]: incident_from_row(row) for row in rows}
 
 
-async def _children(
-    viewer: Viewer, table: type[Table], pks: Sequence[int], order: Any
-) -> dict[int, list[dict[str, Any]]]:
-    policy.require(viewer, policy.Action.READ)
-    found: dict[int, list[dict[str, Any]]] = {pk: [] for pk in pks}
+async def _rows(table: type[Table], pks: Sequence[int], order: Any) -> dict[int, list[Any]]:
+    found: dict[int, list[Any]] = {pk: [] for pk in pks}
     if pks:
         incident = table._meta.get_column_by_name("incident")
         rows = (
@@ -132,28 +129,52 @@ async def _children(
     return found
 
 
-async def alerts_for(*, viewer: Viewer, pks: Sequence[int]) -> dict[int, list[Alert]]:
+async def alerts_rows(pks: Sequence[int]) -> dict[int, list[Alert]]:
     """Return each incident's alerts by issue time."""
-    rows = await _children(viewer, t.Alert, pks, t.Alert.issue_time)
+    rows = await _rows(t.Alert, pks, t.Alert.issue_time)
     return {pk: [_alert(r) for r in rs] for pk, rs in rows.items()}
 
 
-async def timeline_for(*, viewer: Viewer, pks: Sequence[int]) -> dict[int, list[TimelineEvent]]:
+async def timeline_rows(pks: Sequence[int]) -> dict[int, list[TimelineEvent]]:
     """Return each incident's timeline in the order it happened."""
-    rows = await _children(viewer, t.TimelineEvent, pks, t.TimelineEvent.occurred_at)
+    rows = await _rows(t.TimelineEvent, pks, t.TimelineEvent.occurred_at)
     return {pk: [_event(r) for r in rs] for pk, rs in rows.items()}
 
 
-async def milestones_for(*, viewer: Viewer, pks: Sequence[int]) -> dict[int, list[Milestone]]:
+async def milestones_rows(pks: Sequence[int]) -> dict[int, list[Milestone]]:
     """Return each incident's milestones by committed ETA."""
-    rows = await _children(viewer, t.Milestone, pks, t.Milestone.committed_eta)
+    rows = await _rows(t.Milestone, pks, t.Milestone.committed_eta)
     return {pk: [_milestone(r) for r in rs] for pk, rs in rows.items()}
 
 
-async def surveys_for(*, viewer: Viewer, pks: Sequence[int]) -> dict[int, list[SurveyResponse]]:
+async def surveys_rows(pks: Sequence[int]) -> dict[int, list[SurveyResponse]]:
     """Return each incident's survey responses by submission time."""
-    rows = await _children(viewer, t.SurveyResponse, pks, t.SurveyResponse.submitted_at)
+    rows = await _rows(t.SurveyResponse, pks, t.SurveyResponse.submitted_at)
     return {pk: [_survey(r) for r in rs] for pk, rs in rows.items()}
+
+
+async def alerts_for(*, viewer: Viewer, pks: Sequence[int]) -> dict[int, list[Alert]]:
+    """Return each incident's alerts, for a reader."""
+    policy.require(viewer, policy.Action.READ)
+    return await alerts_rows(pks)
+
+
+async def timeline_for(*, viewer: Viewer, pks: Sequence[int]) -> dict[int, list[TimelineEvent]]:
+    """Return each incident's timeline, for a reader."""
+    policy.require(viewer, policy.Action.READ)
+    return await timeline_rows(pks)
+
+
+async def milestones_for(*, viewer: Viewer, pks: Sequence[int]) -> dict[int, list[Milestone]]:
+    """Return each incident's milestones, for a reader."""
+    policy.require(viewer, policy.Action.READ)
+    return await milestones_rows(pks)
+
+
+async def surveys_for(*, viewer: Viewer, pks: Sequence[int]) -> dict[int, list[SurveyResponse]]:
+    """Return each incident's survey responses, for a reader."""
+    policy.require(viewer, policy.Action.READ)
+    return await surveys_rows(pks)
 
 
 async def upsert(
@@ -190,7 +211,7 @@ async def upsert(
             .on_conflict(target=t.Incident.key, action="DO UPDATE", values=replaced)
             .returning(*t.Incident.all_columns())
         )
-    return _incident(rows[0])
+    return incident_from_row(rows[0])
 
 
 async def _incident_pk(key: str) -> int:
@@ -283,7 +304,7 @@ async def record_survey_response(
     return _survey(rows[0])
 
 
-def _incident(row: dict[str, Any]) -> Incident:
+def incident_from_row(row: dict[str, Any]) -> Incident:
     return Incident(
         pk=row["id"],
         key=row["key"],

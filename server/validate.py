@@ -10,24 +10,26 @@ import isodate
 
 from server.errors import BadInput
 
-SLUG_PATTERN = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+SLUG_PATTERN = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
 SLUG_MAX = 64
-INCIDENT_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+INCIDENT_KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*")
+# isodate accepts a trailing newline; the contract wants the bare duration.
+DURATION_SHAPE = re.compile(r"-?P[0-9TWYMDHS.,]+")
 INCIDENT_KEY_MAX = 64
 
 
 def slug(value: str) -> str:
     """Return a valid KPI slug."""
-    if len(value) > SLUG_MAX or not SLUG_PATTERN.match(value):
+    if len(value) > SLUG_MAX or not SLUG_PATTERN.fullmatch(value):
         raise BadInput(
-            f"slug must match {SLUG_PATTERN.pattern} and be at most {SLUG_MAX} characters"
+            f"slug must match ^{SLUG_PATTERN.pattern}$ and be at most {SLUG_MAX} characters"
         )
     return value
 
 
 def incident_key(value: str) -> str:
     """Return a valid external incident id such as INC-2041."""
-    if len(value) > INCIDENT_KEY_MAX or not INCIDENT_KEY_PATTERN.match(value):
+    if len(value) > INCIDENT_KEY_MAX or not INCIDENT_KEY_PATTERN.fullmatch(value):
         raise BadInput(
             "incident id must be 1 to 64 letters, digits or . _ : / - and start with a letter "
             "or digit"
@@ -83,6 +85,8 @@ def optional_utc(value: datetime | None, field: str) -> datetime | None:
 def duration(value: str, field: str = "reviewCadence") -> str:
     """Return a positive ISO 8601 duration such as P90D, unchanged."""
     try:
+        if not DURATION_SHAPE.fullmatch(value):
+            raise ValueError(value)
         parsed = isodate.parse_duration(value)
     except (isodate.ISO8601Error, ValueError, TypeError):
         raise BadInput(f"{field} must be an ISO 8601 duration such as P90D") from None
