@@ -13,10 +13,10 @@ from strawberry.aiohttp.views import GraphQLView
 from schema import schema
 from schema.context import Context
 from server import db, health, rest
-from server.auth import TokenVerifier
+from server.auth import ANONYMOUS, TokenVerifier
 from server.config import Settings
 from server.errors import Unauthenticated
-from server.http import VIEWER, error_response, viewer_of
+from server.http import VIEWER, error_response
 
 log = logging.getLogger("mim.http")
 
@@ -34,12 +34,19 @@ UNAUTHENTICATED_BODY = json.dumps(
     }
 )
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+MAX_HEADER_BYTES = 32 * 1024
+MAX_BODY_BYTES = 1024 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _is_ide_page(request: web.Request) -> bool:
-    return request.method == "GET" and request.path == "/graphql" and "query" not in request.query
+    return (
+        request.method == "GET"
+        and request.path == "/graphql"
+        and "query" not in request.query
+        and "text/html" in request.headers.get("Accept", "")
+    )
 
 
 @web.middleware
@@ -73,7 +80,8 @@ async def mask_faults(request: web.Request, handler: Handler) -> web.StreamRespo
 
 class MimGraphQLView(GraphQLView[Context, None]):
     async def get_context(self, request: web.Request, response: Any) -> Context:
-        return Context(viewer=viewer_of(request))
+        # The GraphiQL page is served without a token; it renders no data.
+        return Context(viewer=request.get(VIEWER, ANONYMOUS))
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -84,7 +92,12 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> web.Application:
     """Return the service's application for these settings."""
-    app = web.Application(middlewares=[mask_faults, authenticate])
+    app = web.Application(
+        middlewares=[mask_faults, authenticate],
+        # Room for long tokens, so that an oversized one meets the 401 and not a parser error.
+        handler_args={"max_field_size": MAX_HEADER_BYTES},
+        client_max_size=MAX_BODY_BYTES,
+    )
     app[SETTINGS] = settings
     app[VERIFIER] = TokenVerifier(settings)
     app.cleanup_ctx.append(_database)

@@ -24,6 +24,10 @@ class Viewer:
     personas: frozenset[Persona]
 
 
+# Who a request is before a token proves otherwise: denied everything by the policy.
+ANONYMOUS = Viewer(subject="", personas=frozenset())
+
+
 class TokenVerifier:
     """Verifies bearer tokens; one per app, built from Settings."""
 
@@ -69,7 +73,7 @@ class TokenVerifier:
                     "verify_iss": s.jwt_issuer is not None,
                 },
             )
-        except (jwt.InvalidTokenError, ValueError, TypeError):
+        except (jwt.PyJWTError, ValueError, TypeError):
             raise Unauthenticated("invalid token") from None
         if not isinstance(claims.get("sub"), str) or not claims["sub"]:
             raise Unauthenticated("invalid token")

@@ -12,13 +12,14 @@ from typing import Any
 from piccolo.columns.combination import Or
 from piccolo.table import Table
 
-from server import db, policy, validate
+from server import compute, db, policy, validate
 from server import tables as t
 from server.auth import Viewer
 from server.errors import BadInput, NotFound
 from server.model import Alert, Incident, Milestone, Severity, SurveyResponse, TimelineEvent
 
 MAX_PAGE = 100
+MAX_ROW_ID = 2**31  # row ids are 32-bit serials on PostgreSQL
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,15 +94,20 @@ def encode_cursor(incident: Incident) -> str:
 def decode_cursor(cursor: str) -> tuple[datetime, int]:
     """Return the (detected_at, id) a cursor encodes."""
     try:
-        stamp, _, pk = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        return validate.utc(datetime.fromisoformat(stamp), "after"), int(pk)
-    except (ValueError, UnicodeError, binascii.Error, BadInput):
+        stamp, _, raw_pk = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        pk = int(raw_pk)
+        if not 0 < pk < MAX_ROW_ID:
+            raise ValueError(raw_pk)
+        return validate.utc(datetime.fromisoformat(stamp), "after"), pk
+    except (ValueError, OverflowError, UnicodeError, binascii.Error, BadInput):
         raise BadInput("after is not a cursor this service issued") from None
 
 
 async def by_key(*, viewer: Viewer, key: str) -> Incident | None:
     """Return the incident with an external id, if any."""
     policy.require(viewer, policy.Action.READ)
+    if not validate.is_incident_key(key):
+        return None
     rows = await t.Incident.select().where(t.Incident.key == key)
     return incident_from_row(rows[0]) if rows else None
 
@@ -211,10 +217,12 @@ async def upsert(
             .on_conflict(target=t.Incident.key, action="DO UPDATE", values=replaced)
             .returning(*t.Incident.all_columns())
         )
+        await compute.recompute_incidents([rows[0]["id"]])
     return incident_from_row(rows[0])
 
 
 async def _incident_pk(key: str) -> int:
+    validate.incident_key(key)
     rows = await t.Incident.select(t.Incident.id).where(t.Incident.key == key)
     if not rows:
         raise NotFound(f"unknown incident {key!r}")
@@ -233,6 +241,7 @@ async def record_alert(
         rows = await t.Alert.insert(
             t.Alert(incident=pk, issue_time=issued, source=source)
         ).returning(*t.Alert.all_columns())
+        await compute.recompute_incidents([pk])
     return _alert(rows[0])
 
 
@@ -247,15 +256,17 @@ async def record_timeline_event(
 ) -> TimelineEvent:
     """Record a timeline event, such as entering a phase."""
     policy.require(viewer, policy.Action.INGEST)
-    row = t.TimelineEvent(
-        kind=validate.text(kind, "kind", max_length=64),
-        phase=validate.optional_text(phase, "phase", max_length=64),
-        occurred_at=validate.utc(occurred_at, "occurredAt"),
-        note=validate.optional_text(note, "note", max_length=4000),
-    )
+    values: dict[str, Any] = {
+        "kind": validate.text(kind, "kind", max_length=64),
+        "phase": validate.optional_text(phase, "phase", max_length=64),
+        "occurred_at": validate.utc(occurred_at, "occurredAt"),
+        "note": validate.optional_text(note, "note", max_length=4000),
+    }
     async with db.transaction():
-        row.incident = await _incident_pk(incident_key)
+        pk = await _incident_pk(incident_key)
+        row = t.TimelineEvent(incident=pk, **values)
         rows = await t.TimelineEvent.insert(row).returning(*t.TimelineEvent.all_columns())
+        await compute.recompute_incidents([pk])
     return _event(rows[0])
 
 
@@ -269,13 +280,14 @@ async def record_milestone(
 ) -> Milestone:
     """Create or replace the incident's milestone of this name."""
     policy.require(viewer, policy.Action.INGEST)
-    row = t.Milestone(
-        name=validate.text(name, "name", max_length=200),
-        committed_eta=validate.utc(committed_eta, "committedEta"),
-        delivered_at=validate.optional_utc(delivered_at, "deliveredAt"),
-    )
+    values: dict[str, Any] = {
+        "name": validate.text(name, "name", max_length=200),
+        "committed_eta": validate.utc(committed_eta, "committedEta"),
+        "delivered_at": validate.optional_utc(delivered_at, "deliveredAt"),
+    }
     async with db.transaction():
-        row.incident = await _incident_pk(incident_key)
+        pk = await _incident_pk(incident_key)
+        row = t.Milestone(incident=pk, **values)
         rows = await (
             t.Milestone.insert(row)
             .on_conflict(
@@ -285,6 +297,7 @@ async def record_milestone(
             )
             .returning(*t.Milestone.all_columns())
         )
+        await compute.recompute_incidents([pk])
     return _milestone(rows[0])
 
 
@@ -301,6 +314,7 @@ async def record_survey_response(
         rows = await t.SurveyResponse.insert(
             t.SurveyResponse(incident=pk, score=score, submitted_at=submitted)
         ).returning(*t.SurveyResponse.all_columns())
+        await compute.recompute_incidents([pk])
     return _survey(rows[0])
 
 

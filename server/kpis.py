@@ -10,9 +10,10 @@ from typing import Any
 
 from piccolo.query.functions.aggregate import Avg, Count
 
-from server import db, policy, targets, validate
+from server import compute, db, policy, targets, validate
 from server.auth import Viewer
 from server.errors import BadInput, Conflict, NotFound
+from server.formulas import compile_formula
 from server.model import (
     Definition,
     FieldChange,
@@ -70,6 +71,7 @@ async def get_definition(*, viewer: Viewer, slug: str) -> Definition | None:
 
 async def definitions_by_slug(*, viewer: Viewer, slugs: Sequence[str]) -> dict[str, Definition]:
     """Return the visible definitions among `slugs`, keyed by slug."""
+    slugs = [s for s in slugs if validate.is_slug(s)]
     if not slugs:
         return {}
     rows = await (
@@ -160,6 +162,8 @@ async def create_definition(*, viewer: Viewer, fields: Mapping[str, Any]) -> Def
             if f in values
         ]
         await _record_revision(values["slug"], 1, now, viewer.subject, None, changes)
+        if values["expression"] is not None:
+            await compute.recompute_kpi(values["slug"])
     return await _require(viewer, values["slug"])
 
 
@@ -180,6 +184,8 @@ async def update_definition(
         if not changes:
             return current
         await _bump(current, _stored(values), changes, viewer.subject, note)
+        if any(c.field == "expression" for c in changes) and values["expression"] is not None:
+            await compute.recompute_kpi(slug)
     return await _require(viewer, slug)
 
 
@@ -254,9 +260,7 @@ def _checked(fields: Mapping[str, Any], *, creating: bool) -> dict[str, Any]:
     if "review_cadence" in values:
         values["review_cadence"] = validate.duration(values["review_cadence"])
     if values.get("expression") is not None:
-        raise BadInput(
-            "expression: the service does not compute formulas yet; leave expression null"
-        )
+        values["expression"] = compile_formula(values["expression"]).source
     if "targets" in values:
         values["targets"] = _targets(values["targets"] or [])
     elif creating:

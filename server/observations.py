@@ -66,6 +66,7 @@ async def for_incidents(
         policy.observation_filter(viewer), KpiObservation.incident.is_in(list(set(pks)))
     )
     if slugs is not None:
+        slugs = [s for s in slugs if validate.is_slug(s)]
         if not slugs:
             return found
         query = query.where(KpiObservation.kpi.is_in(list(set(slugs))))
@@ -113,8 +114,9 @@ def _check_batch_duplicates(inputs: Sequence[ObservationInput]) -> None:
 
 
 async def _known_slugs(viewer: Viewer, slugs: set[str]) -> set[str]:
+    lookups = [s for s in slugs if validate.is_slug(s)]
     rows = await KpiDefinition.select(KpiDefinition.slug).where(
-        policy.kpi_filter(viewer), KpiDefinition.slug.is_in(list(slugs))
+        policy.kpi_filter(viewer), KpiDefinition.slug.is_in(lookups or [""])
     )
     known = {row["slug"] for row in rows}
     unknown = sorted(slugs - known)
@@ -124,6 +126,8 @@ async def _known_slugs(viewer: Viewer, slugs: set[str]) -> set[str]:
 
 
 async def _incident_pks(keys: set[str]) -> dict[str, int]:
+    for key in keys:
+        validate.incident_key(key)
     rows = await Incident.select(Incident.id, Incident.key).where(Incident.key.is_in(list(keys)))
     found = {row["key"]: row["id"] for row in rows}
     missing = sorted(keys - found.keys())

@@ -20,16 +20,26 @@ INCIDENT_KEY_MAX = 64
 
 def slug(value: str) -> str:
     """Return a valid KPI slug."""
-    if len(value) > SLUG_MAX or not SLUG_PATTERN.fullmatch(value):
+    if not is_slug(value):
         raise BadInput(
             f"slug must match ^{SLUG_PATTERN.pattern}$ and be at most {SLUG_MAX} characters"
         )
     return value
 
 
+def is_slug(value: str) -> bool:
+    """Return whether a string could be a KPI slug (so it is safe to look up)."""
+    return len(value) <= SLUG_MAX and SLUG_PATTERN.fullmatch(value) is not None
+
+
+def is_incident_key(value: str) -> bool:
+    """Return whether a string could be an incident id (so it is safe to look up)."""
+    return len(value) <= INCIDENT_KEY_MAX and INCIDENT_KEY_PATTERN.fullmatch(value) is not None
+
+
 def incident_key(value: str) -> str:
     """Return a valid external incident id such as INC-2041."""
-    if len(value) > INCIDENT_KEY_MAX or not INCIDENT_KEY_PATTERN.fullmatch(value):
+    if not is_incident_key(value):
         raise BadInput(
             "incident id must be 1 to 64 letters, digits or . _ : / - and start with a letter "
             "or digit"

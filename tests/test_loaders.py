@@ -14,7 +14,10 @@ query ($first: Int!) {
     edges { node {
       id
       alerts { id } timeline { phase } milestones { name } surveyResponses { score }
-      kpis { value meetsTarget incident { id } kpi { slug name summary { count } revisions { version } } }
+      kpis {
+        value meetsTarget incident { id }
+        kpi { slug name summary { count } revisions { version } }
+      }
     } }
   }
 }
@@ -50,7 +53,9 @@ async def test_observation_kpis_are_loaded_once_per_request(
 ) -> None:
     query = "{ incidents(first: 100) { edges { node { kpis { kpi { slug } } } } } }"
     body = await gql(client, query, persona="admin")
-    slugs = {k["kpi"]["slug"] for e in body["data"]["incidents"]["edges"] for k in e["node"]["kpis"]}
+    slugs = {
+        k["kpi"]["slug"] for e in body["data"]["incidents"]["edges"] for k in e["node"]["kpis"]
+    }
     assert slugs == {"mttr", "mtta", "cadence-adherence", "stakeholder-satisfaction"}
     definition_queries = [s for s in sql_statements.statements if 'FROM "kpi_definition"' in s]
     assert len(definition_queries) == 1, definition_queries

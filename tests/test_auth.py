@@ -1,0 +1,488 @@
+"""Bearer tokens: every forged, stale or malformed token gets one and the same 401, on every path.
+
+Real HTTP through aiohttp's TestClient, real signed tokens (HS256, RS256, ES256), no mocks.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient, TestServer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from server.app import create_app
+from server.config import ConfigError, Settings
+from tests.conftest import ENV, TEST_SECRET, make_token
+
+VIEWER_QUERY = "{ viewer { subject personas } }"
+OTHER_SECRET = "another-secret-that-is-also-long-enough-0123456789"
+ISSUER = "https://idp.example.com/"
+AUDIENCE = "mim-api"
+
+
+# --- token crafting ----------------------------------------------------------------------------
+
+
+def b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def b64url_json(value: Any) -> str:
+    return b64url(json.dumps(value, separators=(",", ":")).encode())
+
+
+def claims(**extra: Any) -> dict[str, Any]:
+    """Return valid claims for an admin token, overridden by `extra` (None drops a claim)."""
+    now = int(time.time())
+    found: dict[str, Any] = {"sub": "tester", "persona": "admin", "iat": now, "exp": now + 600}
+    found.update(extra)
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def hmac_signed(
+    payload: dict[str, Any], key: bytes = TEST_SECRET.encode(), alg: str = "HS256"
+) -> str:
+    """Sign by hand, so that PyJWT's own checks on what it signs cannot interfere."""
+    head = b64url_json({"alg": alg, "typ": "JWT"})
+    signing_input = f"{head}.{b64url_json(payload)}"
+    digest = {"HS256": hashlib.sha256, "HS512": hashlib.sha512}[alg]
+    signature = hmac.new(key, signing_input.encode(), digest).digest()
+    return f"{signing_input}.{b64url(signature)}"
+
+
+def alg_none(payload: dict[str, Any]) -> str:
+    return f"{b64url_json({'alg': 'none', 'typ': 'JWT'})}.{b64url_json(payload)}."
+
+
+def tampered() -> str:
+    """An exec token whose payload now says admin, with the exec token's signature kept."""
+    head, _, signature = make_token("exec").split(".")
+    return f"{head}.{b64url_json(claims(persona='admin'))}.{signature}"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+# Each attack returns the request headers; built at call time so that clocks are current.
+ATTACKS: dict[str, Callable[[], dict[str, str]]] = {
+    "no-authorization-header": lambda: {},
+    "bearer-without-token": lambda: {"Authorization": "Bearer"},
+    "bearer-with-blank-token": lambda: {"Authorization": "Bearer    "},
+    "basic-scheme": lambda: {"Authorization": "Basic dGVzdGVyOmh1bnRlcjI="},
+    "basic-scheme-with-valid-jwt": lambda: {"Authorization": f"Basic {make_token()}"},
+    "token-without-scheme": lambda: {"Authorization": make_token()},
+    "garbage-token": lambda: bearer("not-a-jwt-at-all"),
+    "garbage-three-segments": lambda: bearer("aaaa.bbbb.cccc"),
+    "wrong-secret": lambda: bearer(make_token(secret=OTHER_SECRET)),
+    "alg-none": lambda: bearer(alg_none(claims())),
+    "alg-none-with-signature": lambda: bearer(alg_none(claims()) + b64url(b"sig")),
+    "alg-hs512-not-allowed": lambda: bearer(hmac_signed(claims(), alg="HS512")),
+    "expired-beyond-leeway": lambda: bearer(make_token(ttl=-120)),
+    "not-before-in-future-beyond-leeway": lambda: bearer(make_token(nbf=int(time.time()) + 300)),
+    "missing-sub": lambda: bearer(make_token(sub=None)),
+    "empty-sub": lambda: bearer(make_token(sub="")),
+    "non-string-sub": lambda: bearer(hmac_signed(claims(sub=12345))),
+    "missing-exp": lambda: bearer(hmac_signed(claims(exp=None))),
+    "non-numeric-exp": lambda: bearer(hmac_signed(claims(exp="tomorrow"))),
+    "tampered-payload": lambda: bearer(tampered()),
+    "signature-stripped": lambda: bearer(make_token().rsplit(".", 1)[0] + "."),
+}
+
+
+# Tokens over 8 KiB are refused by the service; one that size also no longer fits aiohttp's
+# default 8190-byte header limit, so the request never reaches the service's middleware.
+def oversized() -> dict[str, str]:
+    return bearer(make_token(pad="x" * 9000))
+
+
+PATHS: dict[str, tuple[str, str]] = {
+    "post-graphql": ("POST", "/graphql"),
+    "get-graphql": ("GET", "/graphql"),
+    "rest-kpis": ("GET", "/kpis"),
+    "rest-kpi": ("GET", "/kpis/mttr"),
+    "rest-incident-kpis": ("GET", "/incidents/INC-1/kpis"),
+}
+
+
+async def call(client: TestClient, path: str, headers: dict[str, str]) -> ClientResponse:
+    method, url = PATHS[path]
+    if method == "POST":
+        return await client.post(url, json={"query": VIEWER_QUERY}, headers=headers)
+    params = {"query": VIEWER_QUERY} if url == "/graphql" else None
+    return await client.get(url, params=params, headers=headers)
+
+
+async def reference_401(client: TestClient) -> str:
+    """Return the body of the plainest failure: a request with no Authorization header."""
+    response = await client.post("/graphql", json={"query": VIEWER_QUERY})
+    assert response.status == 401
+    return await response.text()
+
+
+async def assert_unauthenticated(
+    client: TestClient, response: ClientResponse, path: str = "post-graphql"
+) -> None:
+    text = await response.text()
+    assert response.status == 401, f"{path}: {text}"
+    assert response.content_type == "application/json", path
+    body = json.loads(text)
+    assert set(body) == {"errors"}, f"{path}: a refused request carries no data"
+    [error] = body["errors"]
+    assert set(error) == {"message", "extensions"}, path
+    assert isinstance(error["message"], str) and error["message"], path
+    assert error["extensions"] == {"code": "UNAUTHENTICATED"}, path
+    assert text == await reference_401(client), f"{path}: every failure must give the same body"
+
+
+async def graphql_viewer(client: TestClient, token: str) -> dict[str, Any]:
+    response = await client.post("/graphql", json={"query": VIEWER_QUERY}, headers=bearer(token))
+    assert response.status == 200, await response.text()
+    body: dict[str, Any] = await response.json()
+    return body
+
+
+# --- the attack set ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+async def test_bad_token_is_refused_with_the_one_unauthenticated_body_on_every_path(
+    client: TestClient, attack: str
+) -> None:
+    for path in PATHS:
+        response = await call(client, path, ATTACKS[attack]())
+        await assert_unauthenticated(client, response, path)
+
+
+async def test_oversized_token_is_refused_with_the_one_unauthenticated_body_on_every_path(
+    client: TestClient,
+) -> None:
+    for path in PATHS:
+        response = await call(client, path, oversized())
+        await assert_unauthenticated(client, response, path)
+
+
+async def test_oversized_token_never_reaches_the_data(client: TestClient) -> None:
+    response = await call(client, "post-graphql", oversized())
+    assert response.status in (400, 401, 431)
+    assert "tester" not in await response.text()
+
+
+async def test_valid_token_is_accepted_on_every_path(client: TestClient) -> None:
+    token = make_token("admin")
+    created = await client.post(
+        "/graphql",
+        json={
+            "query": 'mutation { upsertIncident(input: {id: "INC-1", title: "t", severity: P1, '
+            'detectedAt: "2026-01-01T00:00:00Z"}) { id } }'
+        },
+        headers=bearer(token),
+    )
+    assert (await created.json())["data"]["upsertIncident"]["id"] == "INC-1"
+    for path in PATHS:
+        response = await call(client, path, bearer(token))
+        assert response.status == 200, f"{path}: {await response.text()}"
+        assert "errors" not in await response.json(), path
+
+
+async def test_lowercase_bearer_scheme_is_accepted(client: TestClient) -> None:
+    response = await client.post(
+        "/graphql",
+        json={"query": VIEWER_QUERY},
+        headers={"Authorization": f"bearer {make_token()}"},
+    )
+    assert response.status == 200
+    assert (await response.json())["data"]["viewer"]["subject"] == "tester"
+
+
+async def test_token_expired_within_the_leeway_is_still_accepted(client: TestClient) -> None:
+    body = await graphql_viewer(client, make_token("responder", ttl=-10))
+    assert body["data"]["viewer"] == {"subject": "tester", "personas": ["RESPONDER"]}
+
+
+async def test_token_not_yet_valid_within_the_leeway_is_accepted(client: TestClient) -> None:
+    body = await graphql_viewer(client, make_token("exec", nbf=int(time.time()) + 10))
+    assert body["data"]["viewer"] == {"subject": "tester", "personas": ["EXEC"]}
+
+
+async def test_hand_signed_token_with_the_right_secret_is_accepted(client: TestClient) -> None:
+    # The control for the hand-crafted attacks: the crafting itself yields valid tokens.
+    body = await graphql_viewer(client, hmac_signed(claims(persona="stakeholder")))
+    assert body["data"]["viewer"]["personas"] == ["STAKEHOLDER"]
+
+
+async def test_401_response_asks_for_a_bearer_token(client: TestClient) -> None:
+    response = await client.get("/kpis")
+    assert response.status == 401
+    assert response.headers.get("WWW-Authenticate", "").startswith("Bearer")
+
+
+# --- issuer and audience -------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def iss_aud_client() -> AsyncIterator[TestClient]:
+    settings = Settings.from_env({**ENV, "MIM_JWT_ISSUER": ISSUER, "MIM_JWT_AUDIENCE": AUDIENCE})
+    async with TestClient(TestServer(create_app(settings))) as test_client:
+        yield test_client
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param({"iss": "https://evil.example.com/", "aud": AUDIENCE}, id="wrong-issuer"),
+        pytest.param({"aud": AUDIENCE}, id="missing-issuer"),
+        pytest.param({"iss": ISSUER, "aud": "someone-else"}, id="wrong-audience"),
+        pytest.param({"iss": ISSUER}, id="missing-audience"),
+        pytest.param({"iss": ISSUER, "aud": ["someone-else", "x"]}, id="audience-list-without-us"),
+    ],
+)
+async def test_issuer_and_audience_are_enforced_when_configured(
+    iss_aud_client: TestClient, extra: dict[str, Any]
+) -> None:
+    for path in ("post-graphql", "rest-kpis"):
+        response = await call(iss_aud_client, path, bearer(make_token("admin", **extra)))
+        await assert_unauthenticated(iss_aud_client, response, path)
+
+
+@pytest.mark.parametrize(
+    "aud", [pytest.param(AUDIENCE, id="string"), pytest.param(["other", AUDIENCE], id="list")]
+)
+async def test_right_issuer_and_audience_are_accepted(iss_aud_client: TestClient, aud: Any) -> None:
+    body = await graphql_viewer(iss_aud_client, make_token("ingest", iss=ISSUER, aud=aud))
+    assert body["data"]["viewer"] == {"subject": "tester", "personas": ["INGEST"]}
+
+
+async def test_audience_is_not_checked_when_not_configured(client: TestClient) -> None:
+    body = await graphql_viewer(client, make_token("admin", iss="anyone", aud="anything"))
+    assert body["data"]["viewer"]["personas"] == ["ADMIN"]
+
+
+# --- public keys: RS256 and ES256 ---------------------------------------------------------------
+
+
+def pem_public(private_key: Any) -> bytes:
+    return private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+def ec_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def public_key_env(path: Path) -> dict[str, str]:
+    env = {k: v for k, v in ENV.items() if k != "MIM_JWT_SECRET"}
+    return {**env, "MIM_JWT_PUBLIC_KEY": str(path)}
+
+
+@pytest.fixture
+async def rsa_client(rsa_key: rsa.RSAPrivateKey, tmp_path: Path) -> AsyncIterator[TestClient]:
+    path = tmp_path / "rsa.pem"
+    path.write_bytes(pem_public(rsa_key))
+    settings = Settings.from_env(public_key_env(path))
+    async with TestClient(TestServer(create_app(settings))) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+async def ec_client(
+    ec_key: ec.EllipticCurvePrivateKey, tmp_path: Path
+) -> AsyncIterator[TestClient]:
+    path = tmp_path / "ec.pem"
+    path.write_bytes(pem_public(ec_key))
+    settings = Settings.from_env(public_key_env(path))
+    async with TestClient(TestServer(create_app(settings))) as test_client:
+        yield test_client
+
+
+async def test_rs256_token_signed_by_the_configured_key_is_accepted(
+    rsa_client: TestClient, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    token = jwt.encode(claims(persona="responder"), rsa_key, algorithm="RS256")
+    body = await graphql_viewer(rsa_client, token)
+    assert body["data"]["viewer"] == {"subject": "tester", "personas": ["RESPONDER"]}
+
+
+async def test_rs256_token_signed_by_another_key_is_refused(rsa_client: TestClient) -> None:
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    token = jwt.encode(claims(), other, algorithm="RS256")
+    await assert_unauthenticated(rsa_client, await call(rsa_client, "post-graphql", bearer(token)))
+
+
+async def test_hs256_token_signed_with_the_public_key_pem_is_refused(
+    rsa_client: TestClient, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    # The algorithm-confusion attack: the public key is public, so anyone can HMAC with it.
+    token = hmac_signed(claims(), key=pem_public(rsa_key))
+    for path in PATHS:
+        response = await call(rsa_client, path, bearer(token))
+        await assert_unauthenticated(rsa_client, response, path)
+
+
+async def test_hs256_token_signed_with_the_app_secret_is_refused_by_a_public_key_app(
+    rsa_client: TestClient,
+) -> None:
+    response = await call(rsa_client, "post-graphql", bearer(make_token()))
+    await assert_unauthenticated(rsa_client, response)
+
+
+async def test_alg_none_token_is_refused_by_a_public_key_app(rsa_client: TestClient) -> None:
+    response = await call(rsa_client, "rest-kpis", bearer(alg_none(claims())))
+    await assert_unauthenticated(rsa_client, response)
+
+
+async def test_es256_token_signed_by_the_configured_key_is_accepted(
+    ec_client: TestClient, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    token = jwt.encode(claims(persona="stakeholder"), ec_key, algorithm="ES256")
+    body = await graphql_viewer(ec_client, token)
+    assert body["data"]["viewer"] == {"subject": "tester", "personas": ["STAKEHOLDER"]}
+
+
+async def test_es256_token_signed_by_another_key_is_refused(ec_client: TestClient) -> None:
+    token = jwt.encode(claims(), ec.generate_private_key(ec.SECP256R1()), algorithm="ES256")
+    await assert_unauthenticated(ec_client, await call(ec_client, "post-graphql", bearer(token)))
+
+
+async def test_es256_token_is_refused_with_401_by_an_rsa_key_app(rsa_client: TestClient) -> None:
+    token = jwt.encode(claims(), ec.generate_private_key(ec.SECP256R1()), algorithm="ES256")
+    await assert_unauthenticated(rsa_client, await call(rsa_client, "post-graphql", bearer(token)))
+
+
+async def test_rs256_token_is_refused_with_401_by_an_ec_key_app(
+    ec_client: TestClient, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    token = jwt.encode(claims(), rsa_key, algorithm="RS256")
+    await assert_unauthenticated(ec_client, await call(ec_client, "post-graphql", bearer(token)))
+
+
+# --- the persona claim path ----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def namespaced_client() -> AsyncIterator[TestClient]:
+    settings = Settings.from_env(
+        {**ENV, "MIM_JWT_PERSONA_CLAIM": "https://example.com/claims.persona"}
+    )
+    async with TestClient(TestServer(create_app(settings))) as test_client:
+        yield test_client
+
+
+async def test_persona_is_read_from_a_nested_namespaced_claim(
+    namespaced_client: TestClient,
+) -> None:
+    token = make_token(None, **{"https://example.com/claims": {"persona": "responder"}})
+    body = await graphql_viewer(namespaced_client, token)
+    assert body["data"]["viewer"] == {"subject": "tester", "personas": ["RESPONDER"]}
+
+
+async def test_persona_is_read_from_a_flat_namespaced_claim(namespaced_client: TestClient) -> None:
+    token = make_token(None, **{"https://example.com/claims.persona": ["responder", "exec"]})
+    body = await graphql_viewer(namespaced_client, token)
+    assert body["data"]["viewer"]["personas"] == ["EXEC", "RESPONDER"]
+
+
+async def test_plain_persona_claim_is_ignored_when_another_claim_is_configured(
+    namespaced_client: TestClient,
+) -> None:
+    body = await graphql_viewer(namespaced_client, make_token("admin"))
+    assert body["data"] is None
+    assert [e["extensions"]["code"] for e in body["errors"]] == ["FORBIDDEN"]
+
+
+# --- configurations the service refuses ----------------------------------------------------------
+
+
+def test_secret_shorter_than_32_bytes_is_refused() -> None:
+    with pytest.raises(ConfigError):
+        Settings.from_env({**ENV, "MIM_JWT_SECRET": "x" * 31})
+
+
+def test_secret_of_32_bytes_is_accepted() -> None:
+    assert Settings.from_env({**ENV, "MIM_JWT_SECRET": "x" * 32}).jwt_secret == "x" * 32
+
+
+@pytest.mark.parametrize("algorithms", ["none", "HS256,none", "None", "NONE", "", " , "])
+def test_algorithm_list_naming_none_or_nothing_is_refused(algorithms: str) -> None:
+    with pytest.raises(ConfigError):
+        Settings.from_env({**ENV, "MIM_JWT_ALGORITHMS": algorithms})
+
+
+def test_secret_with_an_asymmetric_algorithm_is_refused() -> None:
+    with pytest.raises(ConfigError):
+        Settings.from_env({**ENV, "MIM_JWT_ALGORITHMS": "RS256"})
+
+
+def test_secret_and_public_key_together_are_refused(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    path = tmp_path / "rsa.pem"
+    path.write_bytes(pem_public(rsa_key))
+    with pytest.raises(ConfigError):
+        Settings.from_env({**ENV, "MIM_JWT_PUBLIC_KEY": str(path)})
+
+
+@pytest.mark.parametrize("algorithms", ["HS256", "RS256,HS256", "ES256,HS512"])
+def test_public_key_with_an_hmac_algorithm_is_refused(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey, algorithms: str
+) -> None:
+    path = tmp_path / "rsa.pem"
+    path.write_bytes(pem_public(rsa_key))
+    with pytest.raises(ConfigError):
+        Settings.from_env({**public_key_env(path), "MIM_JWT_ALGORITHMS": algorithms})
+
+
+def test_public_key_alone_defaults_to_asymmetric_algorithms(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    path = tmp_path / "rsa.pem"
+    path.write_bytes(pem_public(rsa_key))
+    settings = Settings.from_env(public_key_env(path))
+    assert settings.jwt_secret is None
+    assert set(settings.jwt_algorithms) == {"RS256", "ES256"}
+
+
+# --- what needs no token -------------------------------------------------------------------------
+
+
+async def test_healthz_needs_no_token(client: TestClient) -> None:
+    response = await client.get("/healthz")
+    assert response.status == 200
+    assert await response.json() == {"status": "ok"}
+
+
+async def test_graphiql_page_is_served_without_a_token(client: TestClient) -> None:
+    response = await client.get("/graphql", headers={"Accept": "text/html"})
+    assert response.status == 200
+    assert response.content_type == "text/html"
+    assert "graphiql" in (await response.text()).lower()
+
+
+async def test_graphql_get_without_query_or_token_is_a_client_error(client: TestClient) -> None:
+    response = await client.get("/graphql", headers={"Accept": "application/json"})
+    assert response.status in (400, 401)
+
+
+async def test_graphql_get_without_query_never_returns_data(client: TestClient) -> None:
+    response = await client.get("/graphql", headers={"Accept": "application/json"})
+    text = await response.text()
+    assert response.status != 200
+    assert '"data"' not in text
