@@ -7,14 +7,25 @@ from typing import Any
 
 import strawberry
 from graphql.error import GraphQLError
+from strawberry.extensions import (
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    ValidationCache,
+)
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext
 
-from schema.errors import ErrorCodes
 from schema.incidents import IncidentMutation, IncidentQuery
 from schema.kpis import KpiMutation, KpiQuery
 from schema.observations import ObservationMutation
 from schema.scalars import DateTime
+
+MAX_DEPTH = 10
+MAX_ALIASES = 15
+MAX_TOKENS = 1000
+CACHE_SIZE = 256
 
 
 @strawberry.type
@@ -42,7 +53,13 @@ def build_schema(**options: Any) -> strawberry.Schema:
         query=Query,
         mutation=Mutation,
         config=StrawberryConfig(scalar_map={datetime: DateTime}),
-        extensions=[ErrorCodes],
+        extensions=[
+            lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
+            lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+            lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
+            lambda: ParserCache(maxsize=CACHE_SIZE),
+            lambda: ValidationCache(maxsize=CACHE_SIZE),
+        ],
         **options,
     )
 

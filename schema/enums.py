@@ -5,9 +5,10 @@ from __future__ import annotations
 import strawberry
 
 from server.model import Comparison, Persona, Severity, Visibility
+from server.trends import Bucket
 
-for _domain_enum in (Visibility, Persona, Severity, Comparison):
+for _domain_enum in (Visibility, Persona, Severity, Comparison, Bucket):
     strawberry.enum(_domain_enum)
 
 
-__all__ = ["Comparison", "Persona", "Severity", "Visibility"]
+__all__ = ["Bucket", "Comparison", "Persona", "Severity", "Visibility"]

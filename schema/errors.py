@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 from graphql.error import GraphQLError
-from strawberry.extensions import SchemaExtension
 
 from server.errors import AppError
 
@@ -43,17 +41,9 @@ def is_unexpected(error: GraphQLError) -> bool:
     return error.path is not None and not isinstance(error.original_error, AppError)
 
 
-class ErrorCodes(SchemaExtension):
-    def on_operation(self) -> Iterator[None]:
-        yield
-        result = self.execution_context.result
-        if result is not None and result.errors:
-            for error in result.errors:
-                if is_unexpected(error):
-                    log.error(
-                        "unexpected error at %s", error.path, exc_info=error.original_error or error
-                    )
-            result.errors = [coded(e) for e in result.errors]
-        pre = self.execution_context.pre_execution_errors
-        if pre:
-            self.execution_context.pre_execution_errors = [coded(e) for e in pre]
+def coded_errors(errors: list[GraphQLError]) -> list[GraphQLError]:
+    """Return errors as the client should see them, logging the unexpected ones in full."""
+    for error in errors:
+        if is_unexpected(error):
+            log.error("unexpected error at %s", error.path, exc_info=error.original_error or error)
+    return [coded(e) for e in errors]

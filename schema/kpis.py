@@ -8,8 +8,8 @@ from typing import Annotated, Any
 import strawberry
 
 from schema.context import Info
-from schema.enums import Comparison, Persona, Severity, Visibility
-from server import kpis, model, policy
+from schema.enums import Bucket, Comparison, Persona, Severity, Visibility
+from server import compute, kpis, model, policy, trends
 
 
 @strawberry.type(name="Viewer")
@@ -74,6 +74,37 @@ class KpiSummary:
     meets_target: bool | None = strawberry.field(description="null when no value or no target")
 
 
+@strawberry.type
+class KpiPoint:
+    start: datetime
+    count: int
+    mean: float | None
+    p50: float | None
+    p90: float | None
+    target: KpiTarget | None
+    meets_target: bool | None
+
+    @classmethod
+    def of(cls, point: trends.Point) -> KpiPoint:
+        return cls(
+            start=point.start,
+            count=point.count,
+            mean=point.mean,
+            p50=point.p50,
+            p90=point.p90,
+            target=KpiTarget.of(point.target),
+            meets_target=point.meets_target,
+        )
+
+
+@strawberry.type
+class BackfillResult:
+    kpi_slug: str
+    incidents_scanned: int
+    observations_written: int
+    skipped: int
+
+
 @strawberry.type(name="KpiDefinition")
 class KpiDefinitionType:
     slug: str
@@ -133,6 +164,25 @@ class KpiDefinitionType:
         return KpiSummary(
             count=s.count, value=s.value, target=KpiTarget.of(s.target), meets_target=s.meets_target
         )
+
+    @strawberry.field(description="One point per bucket from `from` (inclusive) to `to`.")
+    async def series(
+        self,
+        info: Info,
+        bucket: Bucket,
+        from_: Annotated[datetime, strawberry.argument(name="from")],
+        to: datetime,
+        severity: Severity | None = None,
+    ) -> list[KpiPoint]:
+        points = await trends.series(
+            viewer=info.context.viewer,
+            definition=self.definition,
+            bucket=bucket,
+            start=from_,
+            end=to,
+            severity=severity,
+        )
+        return [KpiPoint.of(p) for p in points]
 
 
 @strawberry.type
@@ -236,6 +286,17 @@ class KpiMutation:
             viewer=info.context.viewer, slug=slug, fields=_fields(input), note=note
         )
         return KpiDefinitionType.of(updated)
+
+    @strawberry.mutation(description="Recompute a KPI's observations from incident data.")
+    async def backfill_kpi(self, info: Info, slug: str) -> BackfillResult:
+        results = await compute.backfill(viewer=info.context.viewer, slugs=[slug])
+        r = results[0]
+        return BackfillResult(
+            kpi_slug=r.kpi_slug,
+            incidents_scanned=r.incidents_scanned,
+            observations_written=r.observations_written,
+            skipped=r.skipped,
+        )
 
     @strawberry.mutation
     async def mark_kpi_reviewed(

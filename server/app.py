@@ -9,9 +9,12 @@ from typing import Any
 
 from aiohttp import web
 from strawberry.aiohttp.views import GraphQLView
+from strawberry.http import process_result
+from strawberry.types import ExecutionResult
 
 from schema import schema
 from schema.context import Context
+from schema.errors import coded_errors
 from server import db, health, rest
 from server.auth import ANONYMOUS, TokenVerifier
 from server.config import Settings
@@ -79,6 +82,11 @@ async def mask_faults(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 class MimGraphQLView(GraphQLView[Context, None]):
+    async def process_result(self, request: web.Request, result: ExecutionResult) -> Any:
+        if result.errors:
+            result.errors = coded_errors(result.errors)
+        return process_result(result)
+
     async def get_context(self, request: web.Request, response: Any) -> Context:
         # The GraphiQL page is served without a token; it renders no data.
         return Context(viewer=request.get(VIEWER, ANONYMOUS))

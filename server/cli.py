@@ -6,11 +6,14 @@ import asyncio
 import logging
 import sys
 from collections.abc import Coroutine
+from datetime import UTC, datetime
 from typing import Any
 
 import click
 
+from server.auth import Viewer
 from server.config import ConfigError, Settings
+from server.model import Persona
 
 
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -123,8 +126,6 @@ def kpi() -> None:
 def kpi_list() -> None:
     """List every KPI definition (as an admin sees them)."""
     from server import kpis
-    from server.auth import Viewer
-    from server.model import Persona
 
     operator = Viewer(subject="cli", personas=frozenset({Persona.ADMIN}))
     rows = _run(kpis.list_definitions(viewer=operator))
@@ -133,6 +134,51 @@ def kpi_list() -> None:
     for d in rows:
         click.echo(
             f"{d.slug:<{width}}  {d.visibility.value:<10}  {d.units:<8}  {d.version:>7}  {d.owner}"
+        )
+
+
+@kpi.command("backfill")
+@click.option("--kpi", "slugs", multiple=True, help="A KPI slug to recompute (repeatable).")
+@click.option("--all", "every", is_flag=True, help="Recompute every KPI that has an expression.")
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+    help="Only incidents detected on or after this UTC date.",
+)
+@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 10000))
+def kpi_backfill(
+    slugs: tuple[str, ...], every: bool, since: datetime | None, batch_size: int
+) -> None:
+    """Recompute observations from incident data, overwriting computed ones by key."""
+    if every == bool(slugs):
+        raise click.UsageError("give --kpi SLUG (one or more) or --all")
+    from server import compute
+    from server.errors import AppError
+
+    operator = Viewer(subject="cli", personas=frozenset({Persona.ADMIN}))
+    start = since.replace(tzinfo=UTC) if since else None
+
+    async def go() -> list[compute.BackfillResult]:
+        total = await compute.incident_count(since=start)
+        with click.progressbar(
+            length=total, label="incidents", file=sys.stderr, show_pos=True
+        ) as bar:
+            return await compute.backfill(
+                viewer=operator,
+                slugs=list(slugs) if slugs else None,
+                since=start,
+                batch_size=batch_size,
+                progress=bar.update,
+            )
+
+    try:
+        results = _run(go())
+    except AppError as error:
+        raise click.ClickException(error.message) from None
+    for r in results:
+        click.echo(
+            f"{r.kpi_slug}: scanned {r.incidents_scanned}, written {r.observations_written}, "
+            f"skipped {r.skipped}"
         )
 
 

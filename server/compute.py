@@ -1,7 +1,8 @@
 """Computed observations: evaluate each KPI's formula per incident and store the results.
 
-Backfill streams incidents in id order, one batch at a time, so memory stays flat; live recompute
-runs the same code for one incident inside the ingest transaction that changed it.
+Backfill streams incidents in id order, one batch per transaction, so memory stays flat; live
+recompute runs the same code for one incident inside the ingest transaction that changed it.
+Rows are compared with what is stored first, so a recompute writes only what changed.
 """
 
 from __future__ import annotations
@@ -11,20 +12,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from piccolo.engine.postgres import PostgresEngine
 from piccolo.querystring import QueryString
 
 from server import db, incidents, policy
 from server.auth import Viewer
 from server.errors import NotFound
 from server.formulas import Formula, IncidentData, compile_formula
-from server.model import Incident
+from server.formulas.lexer import tokenize
+from server.model import Incident, Severity
 from server.tables import Incident as IncidentTable
 from server.tables import KpiDefinition
 
 COMPUTED = "computed"
-BATCH_SIZE = 1000
-# Ingested values are direct measurements; a computed value is only as good as its inputs.
+BATCH_SIZE = 2000
+# A formula over recorded facts is exact; confidence is for estimates a worker ingests.
 COMPUTED_CONFIDENCE = 1.0
+COLLECTIONS = ("alerts", "timeline", "milestones", "surveys")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +36,7 @@ class ComputedKpi:
     slug: str
     version: int
     formula: Formula
+    reads: frozenset[str]
 
 
 @dataclass(slots=True)
@@ -42,16 +47,30 @@ class BackfillResult:
     skipped: int = 0
 
 
+def collections_read(source: str) -> frozenset[str]:
+    """Return which of an incident's collections a formula reads, so only those are loaded."""
+    names = {t.text for t in tokenize(source) if t.kind == "name"}
+    if "phase_entered_at" in names:
+        names.add("timeline")
+    return frozenset(names & set(COLLECTIONS))
+
+
 async def computed_kpis(slugs: Sequence[str] | None = None) -> list[ComputedKpi]:
     """Return the definitions that have an expression, compiled."""
     query = KpiDefinition.select(
         KpiDefinition.slug, KpiDefinition.version, KpiDefinition.expression
     ).where(KpiDefinition.expression.is_not_null())
     if slugs is not None:
-        query = query.where(KpiDefinition.slug.is_in(list(slugs)))
+        query = query.where(KpiDefinition.slug.is_in(list(slugs) or [""]))
     rows = await query.order_by(KpiDefinition.slug)
     return [
-        ComputedKpi(row["slug"], row["version"], compile_formula(row["expression"])) for row in rows
+        ComputedKpi(
+            slug=row["slug"],
+            version=row["version"],
+            formula=compile_formula(row["expression"]),
+            reads=collections_read(row["expression"]),
+        )
+        for row in rows
     ]
 
 
@@ -69,8 +88,16 @@ async def backfill(
     if slugs is not None:
         missing = sorted(set(slugs) - {k.slug for k in kpis})
         if missing:
-            raise NotFound(f"unknown or formula-less KPI slug {missing[0]!r}")
+            raise NotFound(f"unknown KPI slug, or one without an expression: {missing[0]!r}")
     return await run(kpis, since=since, batch_size=batch_size, progress=progress)
+
+
+async def incident_count(*, since: datetime | None = None) -> int:
+    """Return how many incidents a backfill since `since` will scan."""
+    query = IncidentTable.count()
+    if since is not None:
+        query = query.where(IncidentTable.detected_at >= since)
+    return await query
 
 
 async def recompute_kpi(slug: str) -> BackfillResult | None:
@@ -87,17 +114,17 @@ async def run(
     progress: Callable[[int], None] | None = None,
 ) -> list[BackfillResult]:
     """Compute `kpis` for all incidents (detected since `since`), one batch per transaction."""
-    results = {k.slug: BackfillResult(k.slug) for k in kpis}
     if not kpis:
         return []
+    results = {k.slug: BackfillResult(k.slug) for k in kpis}
     after = 0
     while True:
-        batch = await _incident_batch(after, since, batch_size)
-        if not batch:
-            break
-        after = batch[-1].pk
         async with db.transaction():
+            batch = await _incident_batch(after, since, batch_size)
+            if not batch:
+                break
             await _compute(kpis, batch, results)
+        after = batch[-1].pk
         if progress is not None:
             progress(len(batch))
     return [results[k.slug] for k in kpis]
@@ -108,96 +135,165 @@ async def recompute_incidents(pks: Sequence[int]) -> None:
     kpis = await computed_kpis()
     if not kpis or not pks:
         return
-    rows = await IncidentTable.select().where(IncidentTable.id.is_in(list(pks)))
-    batch = [incidents.incident_from_row(r) for r in rows]
-    await _compute(kpis, batch, {k.slug: BackfillResult(k.slug) for k in kpis})
+    rows = await _fetch(
+        f"SELECT id, key, title, severity, detected_at, resolved_at FROM incident "
+        f"WHERE id IN ({_marks(pks)}) ORDER BY id",
+        *pks,
+    )
+    results = {k.slug: BackfillResult(k.slug) for k in kpis}
+    await _compute(kpis, [_incident(r) for r in rows], results)
 
 
 async def _incident_batch(after: int, since: datetime | None, size: int) -> list[Incident]:
-    query = IncidentTable.select().where(IncidentTable.id > after)
+    sql = "SELECT id, key, title, severity, detected_at, resolved_at FROM incident WHERE id > {}"
+    args: list[Any] = [after]
     if since is not None:
-        query = query.where(IncidentTable.detected_at >= since)
-    rows = await query.order_by(IncidentTable.id).limit(size)
-    return [incidents.incident_from_row(r) for r in rows]
+        sql += " AND detected_at >= {}"
+        args.append(since)
+    rows = await _fetch(sql + " ORDER BY id LIMIT {}", *args, size)
+    return [_incident(r) for r in rows]
 
 
 async def _compute(
     kpis: Sequence[ComputedKpi], batch: Sequence[Incident], results: dict[str, BackfillResult]
 ) -> None:
-    data = await incident_data(batch)
+    data = await incident_data(batch, frozenset().union(*(k.reads for k in kpis)))
+    stored = await _stored(kpis, batch)
     now = datetime.now(UTC)
     for kpi in kpis:
         result = results[kpi.slug]
-        rows: list[tuple[int, datetime, float]] = []
+        result.incidents_scanned += len(data)
+        fresh: dict[tuple[int, datetime], float] = {}
         for item in data:
             computed = kpi.formula.evaluate(item)
-            result.incidents_scanned += 1
             if computed is None:
                 result.skipped += 1
             else:
-                rows.append((item.incident.pk, computed.as_of, computed.value))
-        result.observations_written += await _upsert(kpi, rows, now)
-        await _delete_stale(kpi.slug, [i.pk for i in batch], rows)
+                fresh[(item.incident.pk, computed.as_of)] = computed.value
+        have = stored.get(kpi.slug, {})
+        writes = [
+            (pk, stamp, value)
+            for (pk, stamp), value in fresh.items()
+            if (pk, stamp) not in have
+            or (have[(pk, stamp)][1] == COMPUTED and have[(pk, stamp)][2:] != (value, kpi.version))
+        ]
+        stale = [row[0] for key, row in have.items() if row[1] == COMPUTED and key not in fresh]
+        result.observations_written += await _write(kpi, writes, now)
+        await _delete(stale)
 
 
-async def incident_data(batch: Sequence[Incident]) -> list[IncidentData]:
-    """Return each incident with its alerts, timeline, milestones and surveys: four queries."""
+async def incident_data(
+    batch: Sequence[Incident], reads: frozenset[str] = frozenset(COLLECTIONS)
+) -> list[IncidentData]:
+    """Return each incident with the collections named in `reads`: one query per collection."""
     pks = [i.pk for i in batch]
-    alerts = await incidents.alerts_rows(pks)
-    timeline = await incidents.timeline_rows(pks)
-    milestones = await incidents.milestones_rows(pks)
-    surveys = await incidents.surveys_rows(pks)
+    empty: dict[int, list[Any]] = {}
+    alerts = await incidents.alerts_rows(pks) if "alerts" in reads else empty
+    timeline = await incidents.timeline_rows(pks) if "timeline" in reads else empty
+    milestones = await incidents.milestones_rows(pks) if "milestones" in reads else empty
+    surveys = await incidents.surveys_rows(pks) if "surveys" in reads else empty
     return [
         IncidentData(
             incident=i,
-            alerts=alerts.get(i.pk, []),
-            timeline=timeline.get(i.pk, []),
-            milestones=milestones.get(i.pk, []),
-            surveys=surveys.get(i.pk, []),
+            alerts=alerts.get(i.pk, ()),
+            timeline=timeline.get(i.pk, ()),
+            milestones=milestones.get(i.pk, ()),
+            surveys=surveys.get(i.pk, ()),
         )
         for i in batch
     ]
 
 
-async def _upsert(kpi: ComputedKpi, rows: list[tuple[int, datetime, float]], now: datetime) -> int:
-    """Write computed rows, overwriting computed ones by key; never an ingested row."""
-    written = 0
-    for start in range(0, len(rows), 500):
-        chunk = rows[start : start + 500]
-        values = ", ".join("({}, {}, {}, {}, {}, {}, {}, {})" for _ in chunk)
-        args: list[Any] = []
-        for pk, stamp, value in chunk:
-            args += [kpi.slug, pk, stamp, value, COMPUTED, COMPUTED_CONFIDENCE, kpi.version, now]
-        sql = (
-            "INSERT INTO kpi_observation (kpi, incident, timestamp, value, source, confidence, "
-            f"definition_version, recorded_at) VALUES {values} "
-            "ON CONFLICT (kpi, incident, timestamp) DO UPDATE SET value = excluded.value, "
-            "confidence = excluded.confidence, definition_version = excluded.definition_version, "
-            "recorded_at = excluded.recorded_at WHERE kpi_observation.source = 'computed' "
-            "RETURNING id"
-        )
-        written += len(await db.engine().run_querystring(QueryString(sql, *args)))
-    return written
-
-
-async def _delete_stale(slug: str, pks: list[int], rows: list[tuple[int, datetime, float]]) -> None:
-    """Remove computed rows of these incidents that the current data no longer produces."""
-    keep = {(pk, stamp) for pk, stamp, _ in rows}
-    existing = await db.engine().run_querystring(
-        QueryString(
-            "SELECT id, incident, timestamp FROM kpi_observation WHERE kpi = {} AND source = {} "
-            f"AND incident IN ({', '.join('{}' for _ in pks)})",
-            slug,
-            COMPUTED,
-            *pks,
-        )
+async def _stored(
+    kpis: Sequence[ComputedKpi], batch: Sequence[Incident]
+) -> dict[str, dict[tuple[int, datetime], tuple[Any, ...]]]:
+    """Return the stored observations of these KPIs for the batch: key -> (id, source, value, v)."""
+    slugs = [k.slug for k in kpis]
+    rows = await _fetch(
+        "SELECT id, kpi, incident, timestamp, value, source, definition_version "
+        f"FROM kpi_observation WHERE incident >= {{}} AND incident <= {{}} "
+        f"AND kpi IN ({_marks(slugs)})",
+        batch[0].pk,
+        batch[-1].pk,
+        *slugs,
     )
-    stale = [r["id"] for r in existing if (r["incident"], r["timestamp"]) not in keep]
-    for start in range(0, len(stale), 500):
-        chunk = stale[start : start + 500]
-        await db.engine().run_querystring(
-            QueryString(
-                f"DELETE FROM kpi_observation WHERE id IN ({', '.join('{}' for _ in chunk)})",
-                *chunk,
+    members = {i.pk for i in batch}
+    stored: dict[str, dict[tuple[int, datetime], tuple[Any, ...]]] = {}
+    for r in rows:
+        if r["incident"] in members:
+            key = (r["incident"], r["timestamp"])
+            stored.setdefault(r["kpi"], {})[key] = (
+                r["id"],
+                r["source"],
+                r["value"],
+                r["definition_version"],
             )
+    return stored
+
+
+_UPSERT_TAIL = (
+    "ON CONFLICT (kpi, incident, timestamp) DO UPDATE SET value = excluded.value, "
+    "confidence = excluded.confidence, definition_version = excluded.definition_version, "
+    "recorded_at = excluded.recorded_at WHERE kpi_observation.source = 'computed'"
+)
+
+
+async def _write(kpi: ComputedKpi, rows: list[tuple[int, datetime, float]], now: datetime) -> int:
+    """Upsert computed rows with one driver call; an ingested row at the same key is kept."""
+    if not rows:
+        return 0
+    transaction = db.engine().current_transaction.get()
+    assert transaction is not None, "computed rows are written inside a transaction"
+    connection = transaction.connection
+    if isinstance(db.engine(), PostgresEngine):
+        status = await connection.execute(
+            "INSERT INTO kpi_observation (kpi, incident, timestamp, value, source, confidence, "
+            "definition_version, recorded_at) SELECT $1, u.incident, u.stamp, u.value, $2, $3, "
+            "$4, $5 FROM unnest($6::integer[], $7::timestamptz[], $8::double precision[]) "
+            f"AS u(incident, stamp, value) {_UPSERT_TAIL}",
+            kpi.slug,
+            COMPUTED,
+            COMPUTED_CONFIDENCE,
+            kpi.version,
+            now,
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            [r[2] for r in rows],
         )
+        return int(status.rsplit(" ", 1)[-1])
+    cursor = await connection.executemany(
+        "INSERT INTO kpi_observation (kpi, incident, timestamp, value, source, confidence, "
+        f"definition_version, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) {_UPSERT_TAIL}",
+        [
+            (kpi.slug, pk, stamp, value, COMPUTED, COMPUTED_CONFIDENCE, kpi.version, now)
+            for pk, stamp, value in rows
+        ],
+    )
+    return int(cursor.rowcount)
+
+
+async def _delete(ids: list[int]) -> None:
+    """Remove computed rows that the current data no longer produces."""
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        await _fetch(f"DELETE FROM kpi_observation WHERE id IN ({_marks(chunk)})", *chunk)
+
+
+async def _fetch(sql: str, *args: Any) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = await db.engine().run_querystring(QueryString(sql, *args))
+    return rows
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ", ".join("{}" for _ in values)
+
+
+def _incident(row: dict[str, Any]) -> Incident:
+    return Incident(
+        pk=row["id"],
+        key=row["key"],
+        title=row["title"],
+        severity=Severity(row["severity"]),
+        detected_at=row["detected_at"],
+        resolved_at=row["resolved_at"],
+    )

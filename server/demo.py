@@ -5,13 +5,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from statistics import mean
 
-from server import db
+from server import compute, db
 from server.tables import (
     Alert,
     Incident,
-    KpiObservation,
     Milestone,
     SurveyResponse,
     TimelineEvent,
@@ -33,7 +31,6 @@ class DemoRows:
     events: list[TimelineEvent] = field(default_factory=list)
     milestones: list[Milestone] = field(default_factory=list)
     surveys: list[SurveyResponse] = field(default_factory=list)
-    observations: list[KpiObservation] = field(default_factory=list)
 
 
 async def has_incidents() -> bool:
@@ -42,7 +39,7 @@ async def has_incidents() -> bool:
 
 
 async def load(*, count: int = 300, seed: int = 2041, now: datetime | None = None) -> int:
-    """Insert `count` demo incidents with their data in one transaction; return how many."""
+    """Insert `count` demo incidents with their data, then compute their KPIs; return how many."""
     now = now or datetime.now(UTC).replace(microsecond=0)
     rng = random.Random(seed)
     async with db.transaction():
@@ -65,10 +62,10 @@ async def load(*, count: int = 300, seed: int = 2041, now: datetime | None = Non
             rows.events,
             rows.milestones,
             rows.surveys,
-            rows.observations,
         ):
             for chunk in _chunks(table_rows):
                 await type(chunk[0]).insert(*chunk)
+    await compute.run(await compute.computed_kpis())
     return count
 
 
@@ -117,14 +114,12 @@ def _children(
         rows.events.append(
             TimelineEvent(incident=pk, kind="phase_entered", phase=phase, occurred_at=at, note=None)
         )
-    on_time = []
     for m in range(rng.randint(2, 4)):
         eta = detected + timedelta(minutes=30 * (m + 1))
         late = rng.random() < 0.15
         delivered = eta + timedelta(minutes=rng.randint(1, 20) if late else -rng.randint(0, 10))
         if delivered > end:
             continue
-        on_time.append(delivered <= eta)
         rows.milestones.append(
             Milestone(
                 incident=pk, name=f"update-{m + 1}", committed_eta=eta, delivered_at=delivered
@@ -139,41 +134,3 @@ def _children(
         rows.surveys.append(
             SurveyResponse(incident=pk, score=score, submitted_at=end + timedelta(hours=2 + n))
         )
-    _observations(pk, incident, issue_times[0], gather, on_time, scores, end, rows)
-
-
-def _observations(
-    pk: int,
-    incident: Incident,
-    first_alert: datetime,
-    gather: datetime,
-    on_time: list[bool],
-    scores: list[int],
-    end: datetime,
-    rows: DemoRows,
-) -> None:
-    def add(slug: str, at: datetime, value: float) -> None:
-        rows.observations.append(
-            KpiObservation(
-                kpi=slug,
-                incident=pk,
-                timestamp=at,
-                value=round(value, 2),
-                source="import",
-                confidence=1.0,
-                definition_version=None,
-                recorded_at=end,
-            )
-        )
-
-    if incident.resolved_at is not None:
-        add(
-            "mttr",
-            incident.resolved_at,
-            (incident.resolved_at - incident.detected_at).total_seconds() / 60,
-        )
-    add("mtta", gather, (gather - first_alert).total_seconds() / 60)
-    if on_time:
-        add("cadence-adherence", end, 100 * sum(on_time) / len(on_time))
-    if scores:
-        add("stakeholder-satisfaction", end + timedelta(hours=2 + len(scores)), mean(scores))

@@ -232,8 +232,13 @@ async def test_demo_loads_incidents_with_their_data_and_observations() -> None:
     observed = {r["kpi"] for r in await KpiObservation.select(KpiObservation.kpi)}
     assert observed <= SEED_SLUGS
     assert len(observed) >= 2
-    # The demo adds data, not definitions.
-    assert (await KpiDefinition.count(), await KpiRevision.count()) == (4, 4)
+    # The demo adds data, not definitions: the seed KPIs with their two revisions each.
+    assert (await KpiDefinition.count(), await KpiRevision.count()) == (4, 8)
+    # Its observations are the seed expressions (version 2) computed over the demo's data.
+    sources = await KpiObservation.select(
+        KpiObservation.source, KpiObservation.definition_version
+    ).distinct()
+    assert sources == [{"source": "computed", "definition_version": 2}]
 
 
 @needs_mim

@@ -13,6 +13,11 @@ from server.tables import KpiDefinition, KpiRevision
 from tests.conftest import codes, gql, make_token
 
 SEED_SLUGS = ["cadence-adherence", "mtta", "mttr", "stakeholder-satisfaction"]
+# Each seed KPI has two revisions: the page (version 1) and its machine expression (version 2).
+SEED_VERSION = 2
+SEEDED = (4, 4 * SEED_VERSION)
+SEED_NOTE = "Seeded from the KPI source-of-truth page"
+EXPRESSION_NOTE = "The service computes this KPI from incident data"
 
 DEFINITION = """
     slug name description formula expression units
@@ -42,6 +47,7 @@ SEED_PAGE: dict[str, dict[str, Any]] = {
         "name": "Mean Time to Resolve",
         "description": "Average time from incident.detected_at to resolved_at.",
         "formula": "avg(resolved_at - detected_at)",
+        "expression": "minutes(resolved_at - detected_at)",
         "units": "minutes",
         "targets": [("P1", None, "AT_MOST", 120.0), ("P2", None, "AT_MOST", 240.0)],
         "visibility": "EXEC",
@@ -51,6 +57,7 @@ SEED_PAGE: dict[str, dict[str, Any]] = {
         "name": "Mean Time to Acknowledge",
         "description": "Average time from alert issue to first MIM action (phase 1 → 2).",
         "formula": "avg(phase_entered_at(gather) - alert.issueTime)",
+        "expression": 'minutes(phase_entered_at("gather") - first(alerts.issue_time))',
         "units": "minutes",
         "targets": [("P1", None, "AT_MOST", 10.0), ("P2", None, "AT_MOST", 20.0)],
         "visibility": "INTERNAL",
@@ -60,6 +67,9 @@ SEED_PAGE: dict[str, dict[str, Any]] = {
         "name": "Update Cadence Adherence",
         "description": "Percent of milestones delivered on/before committed ETA.",
         "formula": "on_time_milestones / total_milestones",
+        "expression": (
+            "100 * count(milestones where delivered_at <= committed_eta) / count(milestones)"
+        ),
         "units": "%",
         "targets": [(None, None, "AT_LEAST", 90.0)],
         "visibility": "EXEC",
@@ -69,6 +79,7 @@ SEED_PAGE: dict[str, dict[str, Any]] = {
         "name": "Stakeholder Signal Score",
         "description": "Rolling survey score post-incident (1–5).",  # noqa: RUF001
         "formula": "avg(survey_score)",
+        "expression": "avg(surveys.score)",
         "units": "score",
         "targets": [(None, None, "AT_LEAST", 4.5)],
         "visibility": "EXEC",
@@ -142,7 +153,7 @@ async def kpi(client, slug: str, persona: str = "admin") -> dict[str, Any] | Non
 async def test_seed_migration_holds_exactly_the_four_kpis_of_the_page(client) -> None:
     body = await gql(client, "{ kpis { slug } }")
     assert [k["slug"] for k in body["data"]["kpis"]] == SEED_SLUGS
-    assert await counts() == (4, 4)
+    assert await counts() == SEEDED
 
 
 @pytest.mark.parametrize("slug", SEED_SLUGS)
@@ -151,24 +162,25 @@ async def test_seed_kpi_has_every_field_of_the_page(client, slug: str) -> None:
     assert found is not None
     page = SEED_PAGE[slug]
     assert found["slug"] == slug
-    for field in ("name", "description", "formula", "units", "visibility", "owner"):
+    for field in ("name", "description", "formula", "expression", "units", "visibility", "owner"):
         assert found[field] == page[field], field
     assert target_tuples(found["targets"]) == sorted(page["targets"], key=repr)
-    assert found["expression"] is None
     assert found["dataSources"], "the page asks which events/fields power each KPI"
     assert all(isinstance(s, str) and s.strip() for s in found["dataSources"])
 
 
 @pytest.mark.parametrize("slug", SEED_SLUGS)
-async def test_seed_kpi_is_version_1_with_a_review_cadence_and_one_migration_revision(
+async def test_seed_kpi_is_version_2_with_a_review_cadence_and_two_migration_revisions(
     client, slug: str
 ) -> None:
     found = await kpi(client, slug)
     assert found is not None
-    assert found["version"] == 1
+    assert found["version"] == SEED_VERSION
     assert found["lastReviewedAt"] is None
     created = ts(found["createdAt"])
-    assert ts(found["updatedAt"]) == created
+    expressed, revision = found["revisions"]
+    assert ts(revision["changedAt"]) == created
+    assert ts(found["updatedAt"]) == ts(expressed["changedAt"]) >= created
     # The cadence is a positive ISO 8601 duration and the first review is due a cadence after
     # creation; the seed uses whole days.
     cadence = found["reviewCadence"]
@@ -177,9 +189,16 @@ async def test_seed_kpi_is_version_1_with_a_review_cadence_and_one_migration_rev
     assert days > 0
     assert ts(found["reviewDueAt"]) == created + timedelta(days=days)
 
-    [revision] = found["revisions"]
+    # Newest first: the expression migration, then the page itself.
+    assert expressed["version"] == 2
+    assert expressed["changedBy"] == "migration"
+    assert expressed["note"] == EXPRESSION_NOTE
+    assert changes_of(expressed) == {"expression": (None, SEED_PAGE[slug]["expression"])}
+    assert [c["before"] for c in expressed["changes"]] == [None]
+
     assert revision["version"] == 1
     assert revision["changedBy"] == "migration"
+    assert revision["note"] == SEED_NOTE
     changes = changes_of(revision)
     for field in ("name", "description", "formula", "units", "owner", "reviewCadence"):
         assert changes[field] == (None, found[field]), field
@@ -221,7 +240,7 @@ async def test_create_persists_the_definition_for_later_reads(client) -> None:
     stored = await kpi(client, "mean-time-to-detect")
     assert stored is not None
     assert stored == body["data"]["createKpiDefinition"]
-    assert await counts() == (5, 5)
+    assert await counts() == (SEEDED[0] + 1, SEEDED[1] + 1)
     listed = await gql(client, "{ kpis { slug } }")
     assert "mean-time-to-detect" in [k["slug"] for k in listed["data"]["kpis"]]
 
@@ -263,7 +282,7 @@ async def test_create_with_an_existing_slug_is_a_conflict_and_changes_nothing(cl
     assert codes(body) == ["CONFLICT"]
     assert body["data"] is None
     assert await kpi(client, "mttr") == original
-    assert await counts() == (4, 4)
+    assert await counts() == SEEDED
 
 
 @pytest.mark.parametrize(
@@ -286,7 +305,7 @@ async def test_create_with_a_bad_slug_is_bad_input_and_writes_nothing(client, sl
     body = await gql(client, CREATE, {"input": new_kpi(slug=slug)})
     assert codes(body) == ["BAD_USER_INPUT"]
     assert body["data"] is None
-    assert await counts() == (4, 4)
+    assert await counts() == SEEDED
 
 
 async def test_create_accepts_a_slug_of_exactly_64_characters(client) -> None:
@@ -316,7 +335,7 @@ async def test_create_with_a_bad_review_cadence_is_bad_input_and_writes_nothing(
     body = await gql(client, CREATE, {"input": new_kpi(reviewCadence=cadence)})
     assert codes(body) == ["BAD_USER_INPUT"]
     assert body["data"] is None
-    assert await counts() == (4, 4)
+    assert await counts() == SEEDED
 
 
 @pytest.mark.parametrize("field", ["name", "description", "formula", "units", "owner"])
@@ -326,7 +345,7 @@ async def test_create_with_a_blank_required_text_is_bad_input(
 ) -> None:
     body = await gql(client, CREATE, {"input": new_kpi(**{field: blank})})
     assert codes(body) == ["BAD_USER_INPUT"]
-    assert await counts() == (4, 4)
+    assert await counts() == SEEDED
 
 
 @pytest.mark.parametrize(
@@ -336,19 +355,19 @@ async def test_create_with_a_blank_required_text_is_bad_input(
 async def test_create_with_an_over_long_text_is_bad_input(client, field: str, limit: int) -> None:
     body = await gql(client, CREATE, {"input": new_kpi(**{field: "x" * (limit + 1)})})
     assert codes(body) == ["BAD_USER_INPUT"]
-    assert await counts() == (4, 4)
+    assert await counts() == SEEDED
 
 
 async def test_create_with_a_nul_character_is_bad_input(client) -> None:
     body = await gql(client, CREATE, {"input": new_kpi(name="Mean\x00Time")})
     assert codes(body) == ["BAD_USER_INPUT"]
-    assert await counts() == (4, 4)
+    assert await counts() == SEEDED
 
 
 async def test_create_with_an_invalid_expression_is_bad_input(client) -> None:
     body = await gql(client, CREATE, {"input": new_kpi(expression="avg(((")})
     assert codes(body) == ["BAD_USER_INPUT"]
-    assert await counts() == (4, 4)
+    assert await counts() == SEEDED
 
 
 @pytest.mark.parametrize("literal", ["1e400", "-1e400"])
@@ -360,7 +379,7 @@ async def test_create_with_an_infinite_threshold_literal_is_bad_input(client, li
     )
     body = await gql(client, query)
     assert codes(body) == ["BAD_USER_INPUT"]
-    assert await counts() == (4, 4)
+    assert await counts() == SEEDED
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
@@ -371,7 +390,7 @@ async def test_create_with_a_non_finite_threshold_variable_is_bad_input(
     targets = [{"comparison": "AT_MOST", "threshold": value}]
     body = await gql(client, CREATE, {"input": new_kpi(targets=targets)})
     assert codes(body) == ["BAD_USER_INPUT"]
-    assert await counts() == (4, 4)
+    assert await counts() == SEEDED
 
 
 @pytest.mark.parametrize(
@@ -397,7 +416,7 @@ async def test_create_with_duplicate_severity_persona_targets_is_bad_input(
 ) -> None:
     body = await gql(client, CREATE, {"input": new_kpi(targets=targets)})
     assert codes(body) == ["BAD_USER_INPUT"]
-    assert await counts() == (4, 4)
+    assert await counts() == SEEDED
 
 
 async def test_create_accepts_targets_differing_only_by_persona(client) -> None:
@@ -418,9 +437,10 @@ async def test_only_admins_may_create_update_or_review_definitions(client, perso
     )
     reviewed = await gql(client, REVIEW, {"slug": "mttr"}, persona=persona)
     assert codes(created) == codes(updated) == codes(reviewed) == ["FORBIDDEN"]
-    assert await counts() == (4, 4)
+    assert await counts() == SEEDED
     found = await kpi(client, "mttr")
-    assert found is not None and found["version"] == 1 and found["owner"] == "Ops Leader"
+    assert found is not None and found["version"] == SEED_VERSION
+    assert found["owner"] == "Ops Leader"
 
 
 # --- updateKpiDefinition -------------------------------------------------------------------
@@ -442,16 +462,16 @@ async def test_update_bumps_the_version_by_one_and_records_only_the_changed_fiel
     )
     assert "errors" not in body, body
     updated = body["data"]["updateKpiDefinition"]
-    assert updated["version"] == 2
+    assert updated["version"] == 3
     assert updated["owner"] == "Head of Ops"
     assert updated["units"] == "min"
     assert updated["name"] == original["name"]
     assert ts(updated["createdAt"]) == ts(original["createdAt"])
     assert ts(updated["updatedAt"]) > ts(original["updatedAt"])
 
-    newest, oldest = updated["revisions"]
-    assert [newest["version"], oldest["version"]] == [2, 1]
-    assert oldest == original["revisions"][0]
+    newest, *older = updated["revisions"]
+    assert [newest["version"], *(r["version"] for r in older)] == [3, 2, 1]
+    assert older == original["revisions"]
     assert newest["changedBy"] == "bob"
     assert newest["note"] == "ownership moved to the head of ops"
     assert ts(newest["changedAt"]) == ts(updated["updatedAt"])
@@ -463,7 +483,7 @@ async def test_update_bumps_the_version_by_one_and_records_only_the_changed_fiel
     raw = {c["field"]: c for c in newest["changes"]}
     assert raw["owner"]["before"] == json.dumps("Ops Leader")
     assert raw["owner"]["after"] == json.dumps("Head of Ops")
-    assert await KpiRevision.count().where(KpiRevision.kpi == "mttr") == 2
+    assert await KpiRevision.count().where(KpiRevision.kpi == "mttr") == 3
 
 
 async def test_update_of_targets_records_them_before_and_after(client) -> None:
@@ -471,7 +491,7 @@ async def test_update_of_targets_records_them_before_and_after(client) -> None:
     body = await gql(client, UPDATE, {"slug": "mttr", "input": {"targets": targets}})
     assert "errors" not in body, body
     updated = body["data"]["updateKpiDefinition"]
-    assert updated["version"] == 2
+    assert updated["version"] == 3
     assert updated["targets"] == [
         {"severity": "P1", "persona": None, "comparison": "AT_MOST", "threshold": 90.0}
     ]
@@ -509,8 +529,8 @@ async def test_successive_updates_list_revisions_newest_first(client) -> None:
         assert "errors" not in body, body
     found = await kpi(client, "cadence-adherence")
     assert found is not None
-    assert found["version"] == 4
-    assert [r["version"] for r in found["revisions"]] == [4, 3, 2, 1]
+    assert found["version"] == 5
+    assert [r["version"] for r in found["revisions"]] == [5, 4, 3, 2, 1]
     assert [r["note"] for r in found["revisions"][:3]] == [None, "second", "first"]
     assert changes_of(found["revisions"][0]) == {"owner": ("B", "C")}
     assert changes_of(found["revisions"][1]) == {"owner": ("A", "B")}
@@ -524,7 +544,7 @@ async def test_successive_updates_list_revisions_newest_first(client) -> None:
         {},
         {"name": "Mean Time to Resolve"},
         {"owner": "Ops Leader", "units": "minutes", "reviewCadence": "P90D"},
-        {"expression": None},
+        {"expression": "minutes(resolved_at - detected_at)"},
         {
             "targets": [
                 {"severity": "P1", "comparison": "AT_MOST", "threshold": 120.0},
@@ -542,7 +562,7 @@ async def test_successive_updates_list_revisions_newest_first(client) -> None:
         "empty",
         "same-name",
         "same-several",
-        "same-null-expression",
+        "same-expression",
         "same-targets",
         "same-targets-as-integers",
     ],
@@ -551,16 +571,28 @@ async def test_update_that_changes_nothing_keeps_the_version(client, given: dict
     original = await kpi(client, "mttr")
     body = await gql(client, UPDATE, {"slug": "mttr", "input": given, "note": "no-op"})
     assert "errors" not in body, body
-    assert body["data"]["updateKpiDefinition"]["version"] == 1
+    assert body["data"]["updateKpiDefinition"]["version"] == SEED_VERSION
     assert await kpi(client, "mttr") == original
-    assert await counts() == (4, 4)
+    assert await counts() == SEEDED
+
+
+async def test_update_of_a_null_expression_to_null_keeps_the_version(client) -> None:
+    created = await gql(client, CREATE, {"input": new_kpi()})
+    assert "errors" not in created, created
+    original = await kpi(client, "mean-time-to-detect")
+    assert original is not None and original["expression"] is None
+    body = await gql(client, UPDATE, {"slug": "mean-time-to-detect", "input": {"expression": None}})
+    assert "errors" not in body, body
+    assert body["data"]["updateKpiDefinition"]["version"] == 1
+    assert await kpi(client, "mean-time-to-detect") == original
+    assert await counts() == (SEEDED[0] + 1, SEEDED[1] + 1)
 
 
 async def test_update_of_an_unknown_slug_is_bad_input(client) -> None:
     body = await gql(client, UPDATE, {"slug": "no-such-kpi", "input": {"owner": "X"}})
     assert codes(body) == ["BAD_USER_INPUT"]
     assert body["data"] is None
-    assert await counts() == (4, 4)
+    assert await counts() == SEEDED
 
 
 @pytest.mark.parametrize(
@@ -572,7 +604,7 @@ async def test_update_setting_a_required_field_to_null_is_bad_input(client, fiel
     body = await gql(client, UPDATE, {"slug": "mttr", "input": {field: None}})
     assert codes(body) == ["BAD_USER_INPUT"]
     assert await kpi(client, "mttr") == original
-    assert await counts() == (4, 4)
+    assert await counts() == SEEDED
 
 
 @pytest.mark.parametrize(
@@ -600,7 +632,7 @@ async def test_rejected_update_writes_nothing(client, given: dict[str, Any]) -> 
     assert body["data"] is None
     assert await kpi(client, "mttr") == original
     assert await KpiDefinition.select().where(KpiDefinition.slug == "mttr") == definitions_before
-    assert await counts() == (4, 4)
+    assert await counts() == SEEDED
     assert await KpiRevision.count().where(KpiRevision.note == "rejected") == 0
 
 
@@ -623,11 +655,11 @@ async def test_mark_reviewed_sets_last_reviewed_now_and_the_next_review_a_cadenc
     last = ts(reviewed["lastReviewedAt"])
     assert before - timedelta(seconds=1) <= last <= after + timedelta(seconds=1)
     assert ts(reviewed["reviewDueAt"]) == last + timedelta(days=90)
-    assert reviewed["version"] == 2
+    assert reviewed["version"] == 3
     assert ts(reviewed["updatedAt"]) == last
 
     revision = reviewed["revisions"][0]
-    assert revision["version"] == 2
+    assert revision["version"] == 3
     assert revision["changedBy"] == "carol"
     assert revision["note"] == "quarterly review: definition still right"
     changes = changes_of(revision)
@@ -635,7 +667,7 @@ async def test_mark_reviewed_sets_last_reviewed_now_and_the_next_review_a_cadenc
     previous, now = changes["lastReviewedAt"]
     assert previous is None
     assert ts(now) == last
-    assert len(reviewed["revisions"]) == 2
+    assert len(reviewed["revisions"]) == 3
 
 
 async def test_mark_reviewed_twice_records_the_previous_review_as_before(client) -> None:
@@ -644,7 +676,7 @@ async def test_mark_reviewed_twice_records_the_previous_review_as_before(client)
     assert "errors" not in first and "errors" not in second, (first, second)
     one = first["data"]["markKpiReviewed"]
     two = second["data"]["markKpiReviewed"]
-    assert two["version"] == 3
+    assert two["version"] == 4
     assert ts(two["lastReviewedAt"]) >= ts(one["lastReviewedAt"])
     assert ts(two["reviewDueAt"]) == ts(two["lastReviewedAt"]) + timedelta(days=180)
     previous, now = changes_of(two["revisions"][0])["lastReviewedAt"]
@@ -664,7 +696,7 @@ async def test_mark_reviewed_with_a_monthly_cadence_is_due_a_calendar_month_late
 async def test_mark_reviewed_of_an_unknown_slug_is_bad_input_and_writes_nothing(client) -> None:
     body = await gql(client, REVIEW, {"slug": "no-such-kpi"})
     assert codes(body) == ["BAD_USER_INPUT"]
-    assert await counts() == (4, 4)
+    assert await counts() == SEEDED
 
 
 # --- summary -------------------------------------------------------------------------------
@@ -685,7 +717,9 @@ RECORD = (
 )
 
 
-async def add_incident(client, key: str, severity: str) -> None:
+async def add_incident(client, key: str, severity: str, resolved_at: str | None = None) -> None:
+    """Ingest an incident; left unresolved (and with no alerts, milestones or surveys) no KPI is
+    computed for it, so a summary sees only the observations the test records."""
     body = await gql(
         client,
         UPSERT,
@@ -695,7 +729,7 @@ async def add_incident(client, key: str, severity: str) -> None:
                 "title": f"{key}: checkout latency",
                 "severity": severity,
                 "detectedAt": "2026-01-01T00:00:00Z",
-                "resolvedAt": "2026-01-01T02:00:00Z",
+                "resolvedAt": resolved_at,
             }
         },
         persona="ingest",
@@ -842,6 +876,26 @@ async def test_several_summary_windows_in_one_request_each_get_their_own_aggrega
     assert mttr["late"] == {"count": 2, "value": pytest.approx(180.0)}
     for slug in ("mtta", "cadence-adherence", "stakeholder-satisfaction"):
         assert by_slug[slug]["all"] == {"count": 0, "value": None}, slug
+
+
+async def test_summary_aggregates_computed_observations_with_ingested_ones(client) -> None:
+    # Resolving INC-4 computes its MTTR (150 minutes) as of its resolution.
+    await add_incident(client, "INC-4", "P1", resolved_at="2026-01-01T02:30:00Z")
+    await add_incident(client, "INC-5", "P1")
+    await observe(client, "mttr", [("INC-5", "2026-01-10T00:00:00Z", 100.0)])
+
+    found = await summary(client, "mttr", severity="P1")
+    assert found["count"] == 2
+    assert found["value"] == pytest.approx(125.0)
+    assert found["target"]["threshold"] == 120.0
+    assert found["meetsTarget"] is False
+
+    computed = await summary(
+        client, "mttr", **{"from": "2026-01-01T02:30:00Z"}, to="2026-01-01T02:30:01Z"
+    )
+    assert (computed["count"], computed["value"]) == (1, pytest.approx(150.0))
+    for slug in ("mtta", "cadence-adherence", "stakeholder-satisfaction"):
+        assert (await summary(client, slug))["count"] == 0, slug
 
 
 async def test_summary_uses_the_general_target_without_or_despite_a_severity(client) -> None:

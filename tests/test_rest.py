@@ -94,6 +94,8 @@ async def graphql_kpis(client, persona: str = "admin") -> list[dict[str, Any]]:
 
 @pytest.fixture
 async def incident_with_observations(client) -> None:
+    """INC-2041 (P1) with three observations: its MTTR, computed when it is resolved (150 minutes
+    as of resolvedAt), and an ingested MTTA and cadence adherence."""
     upsert = await gql(
         client,
         "mutation($input: IncidentInput!) { upsertIncident(input: $input) { id } }",
@@ -110,7 +112,6 @@ async def incident_with_observations(client) -> None:
     )
     assert "errors" not in upsert, upsert
     inputs = [
-        ("mttr", "2026-01-10T12:30:00Z", 150.0, 1.0),
         ("mtta", "2026-01-10T10:05:00Z", 5.0, 0.9),
         ("cadence-adherence", "2026-01-10T12:30:00Z", 100.0, 1.0),
     ]
@@ -191,7 +192,8 @@ async def test_get_kpi_reflects_an_update(client) -> None:
     assert "errors" not in body, body
     status, found = await get_json(client, "/kpis/mttr")
     assert status == 200
-    assert (found["kpi"]["owner"], found["kpi"]["version"]) == ("Head of Ops", 2)
+    # The seed KPI is at version 2 (its expression), so the update makes it version 3.
+    assert (found["kpi"]["owner"], found["kpi"]["version"]) == ("Head of Ops", 3)
 
 
 async def test_get_unknown_kpi_is_404_not_found(client) -> None:
@@ -248,13 +250,20 @@ async def test_get_incident_kpis_judges_each_value_against_the_incident_severity
     status, body = await get_json(client, "/incidents/INC-2041/kpis")
     assert status == 200
     by_slug = {o["kpiSlug"]: o for o in body["kpis"]}
+    assert len(by_slug) == len(body["kpis"]) == 3
     assert by_slug["mttr"]["value"] == 150.0
     assert by_slug["mttr"]["meetsTarget"] is False  # P1: at most 120 minutes
     assert by_slug["mtta"]["meetsTarget"] is True  # P1: at most 10 minutes
     assert by_slug["mtta"]["confidence"] == 0.9
     assert by_slug["cadence-adherence"]["meetsTarget"] is True  # at least 90 %
-    assert by_slug["mttr"]["source"] == "manual"
-    assert by_slug["mttr"]["definitionVersion"] is None
+    # MTTR was computed by the seed expression (version 2) as of resolvedAt; the rest ingested.
+    assert by_slug["mttr"]["source"] == "computed"
+    assert by_slug["mttr"]["definitionVersion"] == 2
+    assert by_slug["mttr"]["confidence"] == 1.0
+    assert instant(by_slug["mttr"]["timestamp"]) == instant("2026-01-10T12:30:00Z")
+    for slug in ("mtta", "cadence-adherence"):
+        assert by_slug[slug]["source"] == "manual", slug
+        assert by_slug[slug]["definitionVersion"] is None, slug
 
 
 @pytest.mark.usefixtures("incident_with_observations")

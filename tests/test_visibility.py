@@ -358,7 +358,8 @@ async def test_summaries_count_only_observations_of_their_own_visible_kpi(
 async def test_revisions_are_listed_only_for_visible_kpis(client: TestClient, persona: str) -> None:
     data = ok(await gql(client, REVISIONS, persona=persona))
     versions = {k["slug"]: [r["version"] for r in k["revisions"]] for k in data["kpis"]}
-    expected = {slug: [1] for slug in visible_slugs(persona)}
+    # Seed KPIs: the page (version 1), then their expression (version 2); newest first.
+    expected = {slug: [2, 1] for slug in visible_slugs(persona)}
     if persona in SEES_INTERNAL:
         expected[CANARY_SLUG] = [2, 1]
     assert versions == expected

@@ -26,7 +26,7 @@ Reader = Callable[[Any], Any]
 
 def as_utc(value: datetime | None) -> datetime | None:
     """Return value, reading a naive datetime as UTC (the service stores UTC everywhere)."""
-    if value is None or value.utcoffset() is not None:
+    if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=UTC)
 
@@ -72,7 +72,7 @@ class Collection:
 
     def natural_time(self, record: Any) -> datetime:
         """Return the record's natural time."""
-        value: datetime = self.fields[self.natural].read(record)
+        value: datetime = as_utc(getattr(record, self.natural))  # type: ignore[assignment]
         return value
 
 
