@@ -15,7 +15,7 @@ from typing import Any
 from piccolo.engine.postgres import PostgresEngine
 from piccolo.querystring import QueryString
 
-from server import db, incidents, policy
+from server import db, incidents, observations, policy
 from server.auth import Viewer
 from server.errors import NotFound
 from server.formulas import Formula, IncidentData, compile_formula
@@ -24,7 +24,7 @@ from server.model import Incident, Severity
 from server.tables import Incident as IncidentTable
 from server.tables import KpiDefinition
 
-COMPUTED = "computed"
+COMPUTED = observations.COMPUTED
 BATCH_SIZE = 2000
 # A formula over recorded facts is exact; confidence is for estimates a worker ingests.
 COMPUTED_CONFIDENCE = 1.0
@@ -104,6 +104,11 @@ async def recompute_kpi(slug: str) -> BackfillResult | None:
     """Recompute one KPI for every incident (its caller holds the definition's transaction)."""
     results = await run(await computed_kpis([slug]))
     return results[0] if results else None
+
+
+async def forget_kpi(slug: str) -> None:
+    """Remove a KPI's computed rows once it has no formula: nothing produces them any more."""
+    await _fetch("DELETE FROM kpi_observation WHERE kpi = {} AND source = {}", slug, COMPUTED)
 
 
 async def run(

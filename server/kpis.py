@@ -184,8 +184,11 @@ async def update_definition(
         if not changes:
             return current
         await _bump(current, _stored(values), changes, viewer.subject, note)
-        if any(c.field == "expression" for c in changes) and values["expression"] is not None:
-            await compute.recompute_kpi(slug)
+        if any(c.field == "expression" for c in changes):
+            if values["expression"] is None:
+                await compute.forget_kpi(slug)
+            else:
+                await compute.recompute_kpi(slug)
     return await _require(viewer, slug)
 
 

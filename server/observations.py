@@ -14,6 +14,7 @@ from server.model import Observation
 from server.tables import Incident, KpiDefinition, KpiObservation
 
 MAX_BATCH = 1000
+COMPUTED = "computed"  # the source of rows the service computes; see server/compute.py
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +91,7 @@ _COLUMNS = (
 def _checked(given: ObservationInput, n: int) -> ObservationInput:
     where = f"observation {n}: "
     try:
-        return ObservationInput(
+        checked = ObservationInput(
             kpi_slug=given.kpi_slug,
             incident_key=given.incident_key,
             timestamp=validate.utc(given.timestamp, "timestamp"),
@@ -100,6 +101,9 @@ def _checked(given: ObservationInput, n: int) -> ObservationInput:
         )
     except BadInput as error:
         raise BadInput(where + error.message) from None
+    if checked.source.strip().lower() == COMPUTED:
+        raise BadInput(f"{where}source {COMPUTED!r} is reserved for values the service computes")
+    return checked
 
 
 def _check_batch_duplicates(inputs: Sequence[ObservationInput]) -> None:
