@@ -45,8 +45,8 @@ async def forwards() -> MigrationManager:
             change = [{"field": "expression", "before": None, "after": json.dumps(expression)}]
             await db.run_querystring(
                 QueryString(
-                    "INSERT INTO kpi_revision (kpi, version, changed_at, changed_by, note, changes) "
-                    "VALUES ({}, {}, {}, {}, {}, {})",
+                    "INSERT INTO kpi_revision (kpi, version, changed_at, changed_by, note, "
+                    "changes) VALUES ({}, {}, {}, {}, {}, {})",
                     slug,
                     rows[0]["version"],
                     now,
