@@ -8,6 +8,8 @@ from typing import Any
 import strawberry
 from graphql.error import GraphQLError
 from strawberry.extensions import (
+    AddValidationRules,
+    DisableIntrospection,
     MaxAliasesLimiter,
     MaxTokensLimiter,
     ParserCache,
@@ -19,6 +21,7 @@ from strawberry.types import ExecutionContext
 
 from schema.incidents import IncidentMutation, IncidentQuery
 from schema.kpis import KpiMutation, KpiQuery
+from schema.limits import QueryCost
 from schema.observations import ObservationMutation
 from schema.scalars import DateTime
 
@@ -47,20 +50,25 @@ class QuietSchema(strawberry.Schema):
         return None
 
 
-def build_schema(**options: Any) -> strawberry.Schema:
-    """Return the service's schema."""
+def build_schema(*, introspection: bool = True) -> strawberry.Schema:
+    """Return the service's schema; without introspection it also makes no suggestions."""
+    extensions: list[Any] = [] if introspection else [DisableIntrospection]
     return QuietSchema(
         query=Query,
         mutation=Mutation,
-        config=StrawberryConfig(scalar_map={datetime: DateTime}),
+        config=StrawberryConfig(
+            scalar_map={datetime: DateTime}, disable_field_suggestions=not introspection
+        ),
         extensions=[
-            lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
+            *extensions,
+            lambda: AddValidationRules([QueryCost]),
+            # Strawberry counts the root field as depth 0; ours counts it as 1.
+            lambda: QueryDepthLimiter(max_depth=MAX_DEPTH - 1),
             lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
             lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
             lambda: ParserCache(maxsize=CACHE_SIZE),
             lambda: ValidationCache(maxsize=CACHE_SIZE),
         ],
-        **options,
     )
 
 

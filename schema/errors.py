@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from graphql.error import GraphQLError
 
+from server import db
 from server.errors import AppError
 
 log = logging.getLogger("mim.graphql")
 
 INTERNAL_MESSAGE = "Internal error."
+TIMEOUT_MESSAGE = "The request ran past its time limit and was stopped."
+UNAVAILABLE_MESSAGE = "The database is unavailable; retry shortly."
 
 
 def coded(error: GraphQLError) -> GraphQLError:
@@ -18,13 +22,19 @@ def coded(error: GraphQLError) -> GraphQLError:
     original = error.original_error
     if isinstance(original, AppError):
         return _with_code(error, original.code, original.message)
+    if db.is_timeout(original):
+        return _with_code(error, "TIMEOUT", TIMEOUT_MESSAGE)
+    if db.is_transient(original):
+        return _with_code(error, "UNAVAILABLE", UNAVAILABLE_MESSAGE, retryable=True)
     if error.path is None:
         # Raised before execution: the document or its variables are invalid.
         return _with_code(error, "BAD_USER_INPUT", error.message)
     return _with_code(error, "INTERNAL", INTERNAL_MESSAGE)
 
 
-def _with_code(error: GraphQLError, code: str, message: str) -> GraphQLError:
+def _with_code(
+    error: GraphQLError, code: str, message: str, *, retryable: bool = False
+) -> GraphQLError:
     return GraphQLError(
         message=message,
         nodes=error.nodes,
@@ -32,18 +42,46 @@ def _with_code(error: GraphQLError, code: str, message: str) -> GraphQLError:
         positions=error.positions,
         path=error.path,
         original_error=None,
-        extensions={"code": code},
+        extensions={"code": code, "retryable": True} if retryable else {"code": code},
     )
 
 
 def is_unexpected(error: GraphQLError) -> bool:
     """Return whether an error is a fault of the service rather than of the request."""
-    return error.path is not None and not isinstance(error.original_error, AppError)
+    original = error.original_error
+    return (
+        error.path is not None
+        and not isinstance(original, AppError)
+        and not db.is_transient(original)
+        and not db.is_timeout(original)
+    )
 
 
-def coded_errors(errors: list[GraphQLError]) -> list[GraphQLError]:
+def coded_errors(errors: list[GraphQLError], *, suggestions: bool = True) -> list[GraphQLError]:
     """Return errors as the client should see them, logging the unexpected ones in full."""
     for error in errors:
         if is_unexpected(error):
             log.error("unexpected error at %s", error.path, exc_info=error.original_error or error)
-    return [coded(e) for e in errors]
+    shown = [coded(e) for e in errors]
+    if not suggestions:
+        shown = [_without_suggestions(e) for e in shown]
+    return shown
+
+
+# graphql-core suggests names in several messages (fields, arguments, enum values, input fields,
+# types); with introspection off none of them may reveal the schema.
+_SUGGESTION = re.compile(r"\s*Did you mean [^?]*\?")
+
+
+def _without_suggestions(error: GraphQLError) -> GraphQLError:
+    message = _SUGGESTION.sub("", error.message)
+    if message == error.message:
+        return error
+    return GraphQLError(
+        message=message,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        extensions=error.extensions,
+    )

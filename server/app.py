@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,9 +13,9 @@ from strawberry.aiohttp.views import GraphQLView
 from strawberry.http import process_result
 from strawberry.types import ExecutionResult
 
-from schema import schema
+from schema import build_schema, schema
 from schema.context import Context
-from schema.errors import coded_errors
+from schema.errors import INTERNAL_MESSAGE, TIMEOUT_MESSAGE, UNAVAILABLE_MESSAGE, coded_errors
 from server import db, health, rest
 from server.auth import ANONYMOUS, TokenVerifier
 from server.config import Settings
@@ -73,18 +74,35 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
 async def mask_faults(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Answer an unexpected exception with a coded INTERNAL error, logging the detail here."""
     try:
-        return await handler(request)
+        async with asyncio.timeout(request.app[SETTINGS].request_timeout_seconds):
+            return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(413, "BAD_USER_INPUT", "The request body is larger than 1 MiB.")
     except web.HTTPException:
         raise
-    except Exception:
+    except TimeoutError:
+        log.warning("request ran past its time limit: %s %s", request.method, request.path)
+        return error_response(503, "TIMEOUT", TIMEOUT_MESSAGE)
+    except Exception as error:
+        if db.is_timeout(error):
+            return error_response(503, "TIMEOUT", TIMEOUT_MESSAGE)
+        if db.is_transient(error):
+            log.warning("database unavailable: %s", type(error).__name__)
+            response = error_response(503, "UNAVAILABLE", UNAVAILABLE_MESSAGE)
+            response.headers["Retry-After"] = "1"
+            return response
         log.exception("unexpected error serving %s %s", request.method, request.path)
-        return error_response(500, "INTERNAL", "Internal error.")
+        return error_response(500, "INTERNAL", INTERNAL_MESSAGE)
 
 
 class MimGraphQLView(GraphQLView[Context, None]):
+    def __init__(self, *, suggestions: bool, **options: Any) -> None:
+        super().__init__(**options)
+        self.suggestions = suggestions
+
     async def process_result(self, request: web.Request, result: ExecutionResult) -> Any:
         if result.errors:
-            result.errors = coded_errors(result.errors)
+            result.errors = coded_errors(result.errors, suggestions=self.suggestions)
         return process_result(result)
 
     async def get_context(self, request: web.Request, response: Any) -> Context:
@@ -93,7 +111,7 @@ class MimGraphQLView(GraphQLView[Context, None]):
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
-    await db.open_engine()
+    await db.open_engine(statement_timeout_seconds=app[SETTINGS].statement_timeout_seconds)
     yield
     await db.close_engine()
 
@@ -109,7 +127,11 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[VERIFIER] = TokenVerifier(settings)
     app.cleanup_ctx.append(_database)
-    view = MimGraphQLView(schema=schema, graphql_ide="graphiql" if settings.graphiql else None)
+    view = MimGraphQLView(
+        schema=schema if settings.introspection else build_schema(introspection=False),
+        graphql_ide="graphiql" if settings.graphiql else None,
+        suggestions=settings.introspection,
+    )
     app.router.add_route("GET", "/graphql", view)
     app.router.add_route("POST", "/graphql", view)
     app.router.add_get("/healthz", health.healthz)

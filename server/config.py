@@ -35,6 +35,9 @@ class Settings:
     jwt_persona_claim: str = "persona"
     jwt_leeway_seconds: int = 30
     graphiql: bool = True
+    introspection: bool = True
+    request_timeout_seconds: float = 15.0
+    statement_timeout_seconds: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -61,7 +64,10 @@ class Settings:
             jwt_audience=env.get("MIM_JWT_AUDIENCE") or None,
             jwt_persona_claim=env.get("MIM_JWT_PERSONA_CLAIM") or "persona",
             jwt_leeway_seconds=_int(env, "MIM_JWT_LEEWAY", 30),
-            graphiql=env.get("MIM_GRAPHIQL", "1").lower() not in ("0", "false", "no", "off"),
+            graphiql=_flag(env, "MIM_GRAPHIQL", True),
+            introspection=_flag(env, "MIM_INTROSPECTION", True),
+            request_timeout_seconds=_seconds(env, "MIM_REQUEST_TIMEOUT", 15.0),
+            statement_timeout_seconds=_seconds(env, "MIM_STATEMENT_TIMEOUT", 10.0),
         )
 
 
@@ -99,6 +105,30 @@ def _check_keys(secret: str | None, asymmetric: object, algorithms: tuple[str, .
         raise ConfigError("a public key or JWKS URL goes with asymmetric algorithms only")
     if secret and len(secret.encode()) < MIN_HMAC_SECRET_BYTES:
         raise ConfigError(f"MIM_JWT_SECRET must be at least {MIN_HMAC_SECRET_BYTES} bytes")
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1 or 0, not {raw!r}")
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, not {raw!r}") from None
+    if not 0 < value <= 3600:
+        raise ConfigError(f"{name} must be between 0 and 3600 seconds")
+    return value
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+import asyncpg
 from piccolo.engine.base import Engine
 from piccolo.engine.finder import engine_finder
 from piccolo.engine.postgres import PostgresEngine
@@ -12,6 +15,8 @@ from piccolo.engine.sqlite import SQLiteEngine, TransactionType
 
 # Seconds a SQLite connection waits for a competing writer before giving up.
 SQLITE_BUSY_TIMEOUT = 30.0
+# Seconds to wait for a new PostgreSQL connection before calling the database unavailable.
+CONNECT_TIMEOUT = 5.0
 
 
 def sqlite_path(url: str) -> str:
@@ -56,14 +61,20 @@ def transaction() -> Any:
     return db.transaction()
 
 
-async def open_engine() -> None:
+async def open_engine(*, statement_timeout_seconds: float = 10.0) -> None:
     """Prepare the engine for serving: WAL on SQLite, a connection pool on PostgreSQL."""
     db = engine()
     if isinstance(db, SQLiteEngine):
         # WAL lets readers proceed while one writer commits; the mode persists in the file.
         await db.run_ddl("PRAGMA journal_mode=WAL")
     elif isinstance(db, PostgresEngine):
-        await db.start_connection_pool(min_size=1, max_size=10)
+        # A slow statement is cancelled by the server, freeing its connection for others.
+        await db.start_connection_pool(
+            min_size=1,
+            max_size=10,
+            timeout=CONNECT_TIMEOUT,
+            server_settings={"statement_timeout": str(int(statement_timeout_seconds * 1000))},
+        )
 
 
 async def close_engine() -> None:
@@ -71,3 +82,27 @@ async def close_engine() -> None:
     db = engine()
     if isinstance(db, PostgresEngine):
         await db.close_connection_pool()
+
+
+def is_transient(error: BaseException | None) -> bool:
+    """Return whether an error means the database is briefly unavailable (worth a retry)."""
+    if error is None:
+        return False
+    if isinstance(error, sqlite3.OperationalError):
+        return "locked" in str(error) or "busy" in str(error)
+    if isinstance(error, OSError | asyncio.TimeoutError):
+        return True
+    return isinstance(
+        error,
+        asyncpg.exceptions.ConnectionDoesNotExistError
+        | asyncpg.exceptions.CannotConnectNowError
+        | asyncpg.exceptions.TooManyConnectionsError
+        | asyncpg.exceptions.AdminShutdownError
+        | asyncpg.exceptions.InterfaceError
+        | asyncpg.exceptions.ConnectionFailureError,
+    )
+
+
+def is_timeout(error: BaseException | None) -> bool:
+    """Return whether the database cancelled a statement that ran past its time limit."""
+    return isinstance(error, asyncpg.exceptions.QueryCanceledError)

@@ -31,3 +31,9 @@ class Forbidden(AppError):
 
 class Unauthenticated(AppError):
     code = "UNAUTHENTICATED"
+
+
+class Unavailable(AppError):
+    """The database cannot be reached or is overloaded; the same request may succeed later."""
+
+    code = "UNAVAILABLE"

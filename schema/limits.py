@@ -1,0 +1,120 @@
+"""A query cost estimate, checked before execution: lists multiply the cost of what they hold."""
+
+from __future__ import annotations
+
+from graphql import (
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    InlineFragmentNode,
+    IntValueNode,
+    OperationDefinitionNode,
+    SelectionSetNode,
+    ValidationContext,
+    ValidationRule,
+    VariableNode,
+)
+
+MAX_COST = 200_000
+# How many items a list field is assumed to hold when its size is not given by `first`.
+LIST_SIZES = {
+    "kpis": 25,
+    "targets": 10,
+    "dataSources": 10,
+    "revisions": 20,
+    "changes": 15,
+    "series": 100,
+    "alerts": 10,
+    "timeline": 10,
+    "milestones": 10,
+    "surveyResponses": 10,
+    "personas": 5,
+    "visibilities": 2,
+    "recordObservations": 100,
+}
+DEFAULT_PAGE = 20
+
+
+def estimate(context: ValidationContext, operation: OperationDefinitionNode) -> int:
+    """Return the estimated cost of one operation."""
+    fragments = {
+        d.name.value: d
+        for d in context.document.definitions
+        if isinstance(d, FragmentDefinitionNode)
+    }
+    variables = {}
+    for definition in operation.variable_definitions or ():
+        if definition.default_value is not None and isinstance(
+            definition.default_value, IntValueNode
+        ):
+            variables[definition.variable.name.value] = int(definition.default_value.value)
+    return _cost(operation.selection_set, fragments, variables, 1, set())
+
+
+def _cost(
+    selections: SelectionSetNode | None,
+    fragments: dict[str, FragmentDefinitionNode],
+    variables: dict[str, int],
+    page: int,
+    seen: set[str],
+) -> int:
+    if selections is None:
+        return 0
+    total = 0
+    for node in selections.selections:
+        if isinstance(node, FieldNode):
+            total += _field_cost(node, fragments, variables, page, seen)
+        elif isinstance(node, InlineFragmentNode):
+            total += _cost(node.selection_set, fragments, variables, page, seen)
+        elif isinstance(node, FragmentSpreadNode) and node.name.value not in seen:
+            fragment = fragments.get(node.name.value)
+            if fragment is not None:
+                inner = seen | {node.name.value}
+                total += _cost(fragment.selection_set, fragments, variables, page, inner)
+    return total
+
+
+def _field_cost(
+    node: FieldNode,
+    fragments: dict[str, FragmentDefinitionNode],
+    variables: dict[str, int],
+    page: int,
+    seen: set[str],
+) -> int:
+    name = node.name.value
+    if name == "incidents":  # a connection: its edges hold `first` nodes
+        size = _first(node, variables, DEFAULT_PAGE)
+        return 1 + _cost(node.selection_set, fragments, variables, size, seen)
+    if name == "edges":
+        return 1 + page * _cost(node.selection_set, fragments, variables, page, seen)
+    size = LIST_SIZES.get(name, 1)
+    return 1 + size * _cost(node.selection_set, fragments, variables, page, seen)
+
+
+def _first(node: FieldNode, variables: dict[str, int], default: int) -> int:
+    for argument in node.arguments or ():
+        if argument.name.value != "first":
+            continue
+        value = argument.value
+        if isinstance(value, IntValueNode):
+            return max(1, int(value.value))
+        if isinstance(value, VariableNode):
+            # The variable's value is not known at validation time: assume the largest page.
+            return variables.get(value.name.value, 100)
+    return default
+
+
+class QueryCost(ValidationRule):
+    """Refuses documents whose estimated cost exceeds MAX_COST."""
+
+    def enter_operation_definition(self, node: OperationDefinitionNode, *_: object) -> None:
+        cost = estimate(self.context, node)
+        if cost > MAX_COST:
+            self.report_error(
+                GraphQLError(
+                    f"Query is too expensive: estimated cost {cost} exceeds {MAX_COST}; "
+                    "ask for fewer items or fewer nested lists.",
+                    node,
+                )
+            )
