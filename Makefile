@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup run test lint schema clean
+.PHONY: setup run test lint schema security clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,13 @@ test: lint
 	else \
 		echo "PostgreSQL half skipped: set TEST_POSTGRES_URL to run the suite on PostgreSQL too."; \
 	fi
+
+# The security suite with its figures: tokens tried and rejected, generated queries and leaks,
+# concurrent writes and rows found, faults injected and recovered.
+security: setup
+	rm -f .security-figures.jsonl
+	MIM_FIGURES_FILE=$(CURDIR)/.security-figures.jsonl $(BIN)/pytest -q -m security
+	$(BIN)/python -m tests.figures .security-figures.jsonl
 
 schema: setup
 	$(BIN)/python -m schema > schema.graphql

@@ -6,6 +6,7 @@ the migrations once per run and emptied back to the seeded state before every te
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -159,3 +160,18 @@ def sql_statements(monkeypatch: pytest.MonkeyPatch) -> StatementCounter:
 
     monkeypatch.setattr(engine_class, "run_querystring", counting)
     return counter
+
+
+FIGURES_FILE = os.environ.get("MIM_FIGURES_FILE")
+
+
+@pytest.fixture
+def figure() -> Any:
+    """Return a recorder of security figures (summed by name); `make security` prints them."""
+
+    def record(name: str, value: int) -> None:
+        if FIGURES_FILE:
+            with open(FIGURES_FILE, "a") as handle:
+                handle.write(json.dumps({"name": name, "value": value}) + "\n")
+
+    return record
