@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from server.app import create_app
+from server.auth import MAX_TOKEN_BYTES, TokenVerifier
 from server.config import ConfigError, Settings
 from tests.conftest import ENV, TEST_SECRET, make_token
 
@@ -51,18 +52,42 @@ def claims(**extra: Any) -> dict[str, Any]:
 
 
 def hmac_signed(
-    payload: dict[str, Any], key: bytes = TEST_SECRET.encode(), alg: str = "HS256"
+    payload: dict[str, Any],
+    key: bytes = TEST_SECRET.encode(),
+    alg: str = "HS256",
+    header: dict[str, Any] | None = None,
 ) -> str:
-    """Sign by hand, so that PyJWT's own checks on what it signs cannot interfere."""
-    head = b64url_json({"alg": alg, "typ": "JWT"})
+    """Sign by hand, so that PyJWT's own checks on what it signs cannot interfere.
+
+    `header` adds fields to the JOSE header or, with None, drops them.
+    """
+    fields = {"alg": alg, "typ": "JWT", **(header or {})}
+    head = b64url_json({k: v for k, v in fields.items() if v is not None})
     signing_input = f"{head}.{b64url_json(payload)}"
     digest = {"HS256": hashlib.sha256, "HS512": hashlib.sha512}[alg]
     signature = hmac.new(key, signing_input.encode(), digest).digest()
     return f"{signing_input}.{b64url(signature)}"
 
 
-def alg_none(payload: dict[str, Any]) -> str:
-    return f"{b64url_json({'alg': 'none', 'typ': 'JWT'})}.{b64url_json(payload)}."
+def alg_none(payload: dict[str, Any], alg: str = "none") -> str:
+    return f"{b64url_json({'alg': alg, 'typ': 'JWT'})}.{b64url_json(payload)}."
+
+
+def with_header(**fields: Any) -> dict[str, str]:
+    """A valid admin token, signed with the right secret, whose header also carries `fields`.
+
+    The signature is good, so the header alone must sink it.
+    """
+    return bearer(hmac_signed(claims(), header=fields))
+
+
+def over_the_size_limit() -> str:
+    """Return the shortest correctly signed token longer than the service's limit."""
+    for pad in range(5500, 7000):
+        token = hmac_signed(claims(pad="x" * pad))
+        if len(token) > MAX_TOKEN_BYTES:
+            return token
+    raise AssertionError("no pad length crosses the limit")
 
 
 def tampered() -> str:
@@ -98,6 +123,45 @@ ATTACKS: dict[str, Callable[[], dict[str, str]]] = {
     "non-numeric-exp": lambda: bearer(hmac_signed(claims(exp="tomorrow"))),
     "tampered-payload": lambda: bearer(tampered()),
     "signature-stripped": lambda: bearer(make_token().rsplit(".", 1)[0] + "."),
+    # alg: none in any spelling, missing, or not a string.
+    "alg-none-uppercase": lambda: bearer(alg_none(claims(), alg="NONE")),
+    "alg-none-capitalised": lambda: bearer(alg_none(claims(), alg="None")),
+    "alg-missing": lambda: with_header(alg=None),
+    "alg-not-a-string": lambda: with_header(alg=["HS256"]),
+    # NumericDate claims that PyJWT would coerce with int(): a JSON number or nothing.
+    "numeric-string-exp": lambda: bearer(hmac_signed(claims(exp=str(int(time.time()) + 600)))),
+    "boolean-exp": lambda: bearer(hmac_signed(claims(exp=True))),
+    "nan-exp": lambda: bearer(hmac_signed(claims(exp=float("nan")))),
+    "infinite-exp": lambda: bearer(hmac_signed(claims(exp=float("inf")))),
+    "null-exp": lambda: bearer(hmac_signed({**claims(), "exp": None})),
+    "numeric-string-nbf": lambda: bearer(hmac_signed(claims(nbf="0"))),
+    "numeric-string-iat": lambda: bearer(hmac_signed(claims(iat="0"))),
+    "blank-sub": lambda: bearer(make_token(sub="   ")),
+    "list-sub": lambda: bearer(hmac_signed(claims(sub=["tester"]))),
+    # crit: the service implements no extension, not even the b64 one PyJWT accepts.
+    "crit-b64-that-pyjwt-accepts": lambda: with_header(crit=["b64"], b64=True),
+    "crit-unknown-extension": lambda: with_header(crit=["exp"], exp=1),
+    "crit-empty": lambda: with_header(crit=[]),
+    "crit-not-a-list": lambda: with_header(crit="exp"),
+    # Keys come from configuration only, never from the token.
+    "jku-pointing-elsewhere": lambda: with_header(jku="https://evil.example.com/jwks.json"),
+    "x5u-pointing-elsewhere": lambda: with_header(x5u="https://evil.example.com/cert.pem"),
+    "x5c-embedded-chain": lambda: with_header(x5c=["MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8A"]),
+    "jwk-embedded-key": lambda: with_header(jwk={"kty": "oct", "k": b64url(TEST_SECRET.encode())}),
+    # A kid names a configured key; it is never a path, URL or query.
+    "kid-path-traversal": lambda: with_header(kid="../../../../etc/passwd"),
+    "kid-absolute-path": lambda: with_header(kid="/dev/null"),
+    "kid-windows-path": lambda: with_header(kid="..\\..\\keys\\hs256"),
+    "kid-dot-dot": lambda: with_header(kid=".."),
+    "kid-url": lambda: with_header(kid="https://evil.example.com/key"),
+    "kid-sql": lambda: with_header(kid="x' UNION SELECT 'secret"),
+    "kid-too-long": lambda: with_header(kid="k" * 129),
+    "kid-empty": lambda: with_header(kid=""),
+    "kid-not-a-string": lambda: with_header(kid=42),
+    # Malformed or oversized compact forms.
+    "two-tokens": lambda: bearer(f"{make_token()} {make_token()}"),
+    "non-ascii-token": lambda: bearer("\u2603.\u2603.\u2603"),
+    "oversized-just-over-the-limit": lambda: bearer(over_the_size_limit()),
 }
 
 
