@@ -57,8 +57,12 @@ def serve(host: str | None, port: int | None) -> None:
 
     settings = _settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        app = create_app(settings)
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
     web.run_app(
-        create_app(settings),
+        app,
         host=host or settings.host,
         port=port or settings.port,
         access_log_format='%a "%r" %s %b %Tf',

@@ -10,6 +10,7 @@ import json
 import os
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,8 @@ def sql_statements(monkeypatch: pytest.MonkeyPatch) -> StatementCounter:
 
 
 FIGURES_FILE = os.environ.get("MIM_FIGURES_FILE")
+# Counts that helpers deep in a test add to; flushed as figures after each test.
+COUNTS: Counter[str] = Counter()
 
 
 @pytest.fixture
@@ -175,3 +178,11 @@ def figure() -> Any:
                 handle.write(json.dumps({"name": name, "value": value}) + "\n")
 
     return record
+
+
+@pytest.fixture(autouse=True)
+def _flush_counts(figure: Any) -> Any:
+    yield
+    for name, value in COUNTS.items():
+        figure(name, value)
+    COUNTS.clear()

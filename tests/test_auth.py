@@ -18,13 +18,16 @@ import jwt
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from server.app import create_app
 from server.auth import MAX_TOKEN_BYTES, TokenVerifier
 from server.config import ConfigError, Settings
-from tests.conftest import ENV, TEST_SECRET, make_token
+from tests.conftest import COUNTS, ENV, TEST_SECRET, make_token
+
+pytestmark = pytest.mark.security
+
 
 VIEWER_QUERY = "{ viewer { subject personas } }"
 OTHER_SECRET = "another-secret-that-is-also-long-enough-0123456789"
@@ -208,6 +211,7 @@ async def assert_unauthenticated(
     assert isinstance(error["message"], str) and error["message"], path
     assert error["extensions"] == {"code": "UNAUTHENTICATED"}, path
     assert text == await reference_401(client), f"{path}: every failure must give the same body"
+    COUNTS["tokens tried and rejected"] += 1
 
 
 async def graphql_viewer(client: TestClient, token: str) -> dict[str, Any]:
@@ -292,6 +296,70 @@ async def test_401_response_asks_for_a_bearer_token(client: TestClient) -> None:
     assert response.headers.get("WWW-Authenticate", "").startswith("Bearer")
 
 
+async def test_token_just_under_the_size_limit_is_accepted(client: TestClient) -> None:
+    # The control for oversized-just-over-the-limit: one byte less is an ordinary token.
+    over = over_the_size_limit()
+    for pad in range(5500, 7000):
+        token = hmac_signed(claims(pad="x" * pad))
+        if len(token) > MAX_TOKEN_BYTES:
+            break
+        under = token
+    assert len(under) <= MAX_TOKEN_BYTES < len(over)
+    body = await graphql_viewer(client, under)
+    assert body["data"]["viewer"]["subject"] == "tester"
+
+
+# --- both sides of the leeway --------------------------------------------------------------------
+
+LEEWAY = 60  # not the default, so that the setting is seen to be honoured
+MARGIN = 10  # seconds either side of the boundary, so that slow runs cannot flip a case
+
+
+@pytest.fixture
+async def leeway_client() -> AsyncIterator[TestClient]:
+    settings = Settings.from_env({**ENV, "MIM_JWT_LEEWAY": str(LEEWAY)})
+    async with TestClient(TestServer(create_app(settings))) as test_client:
+        yield test_client
+
+
+def shifted(claim: str, seconds: int) -> dict[str, Any]:
+    """Return valid claims with `claim` set `seconds` from now (exp keeps nothing else late)."""
+    now = int(time.time())
+    return claims(**{claim: now + seconds})
+
+
+@pytest.mark.parametrize(
+    ("claim", "seconds"),
+    [
+        pytest.param("exp", -(LEEWAY + MARGIN), id="expired-just-beyond-the-leeway"),
+        pytest.param("nbf", LEEWAY + MARGIN, id="not-before-just-beyond-the-leeway"),
+        pytest.param("iat", LEEWAY + MARGIN, id="issued-in-the-future-beyond-the-leeway"),
+    ],
+)
+async def test_time_claim_just_beyond_the_leeway_is_refused(
+    leeway_client: TestClient, claim: str, seconds: int
+) -> None:
+    token = bearer(hmac_signed(shifted(claim, seconds)))
+    for path in ("post-graphql", "rest-kpis"):
+        response = await call(leeway_client, path, token)
+        await assert_unauthenticated(leeway_client, response, path)
+
+
+@pytest.mark.parametrize(
+    ("claim", "seconds"),
+    [
+        pytest.param("exp", -(LEEWAY - MARGIN), id="expired-just-within-the-leeway"),
+        pytest.param("nbf", LEEWAY - MARGIN, id="not-before-just-within-the-leeway"),
+        pytest.param("iat", LEEWAY - MARGIN, id="issued-in-the-future-within-the-leeway"),
+    ],
+)
+async def test_time_claim_just_within_the_leeway_is_accepted(
+    leeway_client: TestClient, claim: str, seconds: int
+) -> None:
+    body = await graphql_viewer(leeway_client, hmac_signed(shifted(claim, seconds)))
+    assert body["data"]["viewer"]["subject"] == "tester"
+
+
 # --- issuer and audience -------------------------------------------------------------------------
 
 
@@ -310,6 +378,9 @@ async def iss_aud_client() -> AsyncIterator[TestClient]:
         pytest.param({"iss": ISSUER, "aud": "someone-else"}, id="wrong-audience"),
         pytest.param({"iss": ISSUER}, id="missing-audience"),
         pytest.param({"iss": ISSUER, "aud": ["someone-else", "x"]}, id="audience-list-without-us"),
+        pytest.param({"iss": ISSUER, "aud": AUDIENCE + "-evil"}, id="audience-with-suffix"),
+        pytest.param({"iss": ISSUER, "aud": AUDIENCE[:-1]}, id="audience-prefix"),
+        pytest.param({"iss": ISSUER + "evil", "aud": AUDIENCE}, id="issuer-with-suffix"),
     ],
 )
 async def test_issuer_and_audience_are_enforced_when_configured(
@@ -331,6 +402,43 @@ async def test_right_issuer_and_audience_are_accepted(iss_aud_client: TestClient
 async def test_audience_is_not_checked_when_not_configured(client: TestClient) -> None:
     body = await graphql_viewer(client, make_token("admin", iss="anyone", aud="anything"))
     assert body["data"]["viewer"]["personas"] == ["ADMIN"]
+
+
+EXACT_ISSUER = "https://id.example.com"
+
+
+@pytest.fixture
+async def issuer_client() -> AsyncIterator[TestClient]:
+    settings = Settings.from_env({**ENV, "MIM_JWT_ISSUER": EXACT_ISSUER})
+    async with TestClient(TestServer(create_app(settings))) as test_client:
+        yield test_client
+
+
+@pytest.mark.parametrize(
+    "iss",
+    [
+        pytest.param("https://id.example.com.evil", id="configured-issuer-as-prefix"),
+        pytest.param("https://id.example", id="prefix-of-the-configured-issuer"),
+        pytest.param("https://id.example.com/", id="trailing-slash"),
+        pytest.param("https://id.example.com ", id="trailing-space"),
+        pytest.param("HTTPS://ID.EXAMPLE.COM", id="other-case"),
+        pytest.param("https://evil.example/https://id.example.com", id="configured-as-suffix"),
+        pytest.param("id.example.com", id="substring"),
+        pytest.param("", id="empty"),
+        pytest.param([EXACT_ISSUER], id="list-holding-the-issuer"),
+        pytest.param({"iss": EXACT_ISSUER}, id="object"),
+    ],
+)
+async def test_issuer_must_match_exactly(issuer_client: TestClient, iss: Any) -> None:
+    token = bearer(hmac_signed(claims(iss=iss)))
+    for path in ("post-graphql", "rest-kpis"):
+        response = await call(issuer_client, path, token)
+        await assert_unauthenticated(issuer_client, response, path)
+
+
+async def test_exact_issuer_is_accepted(issuer_client: TestClient) -> None:
+    body = await graphql_viewer(issuer_client, make_token("exec", iss=EXACT_ISSUER))
+    assert body["data"]["viewer"]["personas"] == ["EXEC"]
 
 
 # --- public keys: RS256 and ES256 ---------------------------------------------------------------
@@ -438,6 +546,80 @@ async def test_rs256_token_is_refused_with_401_by_an_ec_key_app(
     await assert_unauthenticated(ec_client, await call(ec_client, "post-graphql", bearer(token)))
 
 
+def public_key_encodings(private_key: Any) -> dict[str, bytes]:
+    """The public key as an attacker may HMAC with it: every form it could be stored in."""
+    public = private_key.public_key()
+    enc, fmt = serialization.Encoding, serialization.PublicFormat
+    return {
+        "spki-pem": pem_public(private_key),
+        "spki-pem-stripped": pem_public(private_key).strip(),
+        "pkcs1-pem": public.public_bytes(enc.PEM, fmt.PKCS1),
+        "spki-der": public.public_bytes(enc.DER, fmt.SubjectPublicKeyInfo),
+        "openssh": public.public_bytes(enc.OpenSSH, fmt.OpenSSH),
+    }
+
+
+@pytest.fixture
+async def rs256_only_client(
+    rsa_key: rsa.RSAPrivateKey, tmp_path: Path
+) -> AsyncIterator[TestClient]:
+    path = tmp_path / "rsa.pem"
+    path.write_bytes(pem_public(rsa_key))
+    settings = Settings.from_env({**public_key_env(path), "MIM_JWT_ALGORITHMS": "RS256"})
+    async with TestClient(TestServer(create_app(settings))) as test_client:
+        yield test_client
+
+
+@pytest.mark.parametrize("alg", ["HS256", "HS512"])
+async def test_hmac_token_keyed_with_any_form_of_the_rs256_public_key_is_refused(
+    rs256_only_client: TestClient, rsa_key: rsa.RSAPrivateKey, alg: str
+) -> None:
+    for form, key in public_key_encodings(rsa_key).items():
+        token = bearer(hmac_signed(claims(), key=key, alg=alg))
+        for path in ("post-graphql", "rest-kpis"):
+            response = await call(rs256_only_client, path, token)
+            await assert_unauthenticated(rs256_only_client, response, f"{form} on {path}")
+
+
+def rsa_signed(private_key: rsa.RSAPrivateKey, header: dict[str, Any]) -> str:
+    """Sign RS256 by hand, so that PyJWT's encoder cannot rewrite the header."""
+    signing_input = (
+        f"{b64url_json({'alg': 'RS256', 'typ': 'JWT', **header})}.{b64url_json(claims())}"
+    )
+    signature = private_key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{signing_input}.{b64url(signature)}"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        pytest.param({"crit": ["b64"], "b64": True}, id="crit-b64"),
+        pytest.param({"crit": ["exp"], "exp": 1}, id="crit-unknown"),
+        pytest.param({"jku": "https://evil.example.com/jwks.json"}, id="jku"),
+        pytest.param({"x5u": "https://evil.example.com/cert.pem"}, id="x5u"),
+        pytest.param({"x5c": ["MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8A"]}, id="x5c"),
+        pytest.param({"jwk": {"kty": "RSA", "n": "AQAB", "e": "AQAB"}}, id="jwk"),
+        pytest.param({"kid": "../../../etc/passwd"}, id="kid-path"),
+        pytest.param({"kid": "k" * 129}, id="kid-too-long"),
+    ],
+)
+async def test_rs256_token_with_a_refused_header_is_refused_despite_a_good_signature(
+    rsa_client: TestClient, rsa_key: rsa.RSAPrivateKey, header: dict[str, Any]
+) -> None:
+    token = bearer(rsa_signed(rsa_key, header))
+    for path in ("post-graphql", "rest-kpis"):
+        response = await call(rsa_client, path, token)
+        await assert_unauthenticated(rsa_client, response, path)
+
+
+async def test_hand_signed_rs256_token_with_a_plain_kid_is_accepted(
+    rsa_client: TestClient, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    # The control for the hand-signed headers above.
+    body = await graphql_viewer(rsa_client, rsa_signed(rsa_key, {"kid": "rsa-2026_01.key"}))
+    assert body["data"]["viewer"]["personas"] == ["ADMIN"]
+
+
 # --- the persona claim path ----------------------------------------------------------------------
 
 
@@ -522,6 +704,75 @@ def test_public_key_alone_defaults_to_asymmetric_algorithms(
     settings = Settings.from_env(public_key_env(path))
     assert settings.jwt_secret is None
     assert set(settings.jwt_algorithms) == {"RS256", "ES256"}
+
+
+# Settings.from_env refuses most bad set-ups; the verifier refuses the rest, and any Settings
+# built by other means, when the app is created.
+
+
+def test_verifier_refuses_a_secret_shorter_than_32_bytes() -> None:
+    with pytest.raises(ConfigError):
+        TokenVerifier(Settings(jwt_secret="x" * 31))
+    with pytest.raises(ConfigError):
+        create_app(Settings(jwt_secret="x" * 31))
+
+
+@pytest.mark.parametrize(("alg", "needed"), [("HS384", 48), ("HS512", 64)])
+def test_secret_shorter_than_the_hash_is_refused_at_start_up(alg: str, needed: int) -> None:
+    short = Settings.from_env({**ENV, "MIM_JWT_SECRET": "x" * 32, "MIM_JWT_ALGORITHMS": alg})
+    with pytest.raises(ConfigError):
+        create_app(short)
+    long_enough = Settings(jwt_secret="x" * needed, jwt_algorithms=(alg,))
+    assert TokenVerifier(long_enough) is not None
+
+
+def test_verifier_refuses_no_key_or_two_keys(rsa_key: rsa.RSAPrivateKey) -> None:
+    with pytest.raises(ConfigError):
+        TokenVerifier(Settings())
+    both = Settings(
+        jwt_public_key=pem_public(rsa_key).decode(),
+        jwt_jwks_url="https://id.example.com/jwks.json",
+        jwt_algorithms=("RS256",),
+    )
+    with pytest.raises(ConfigError):
+        TokenVerifier(both)
+
+
+def test_verifier_refuses_an_hmac_algorithm_beside_a_public_key(
+    rsa_key: rsa.RSAPrivateKey,
+) -> None:
+    pem = pem_public(rsa_key).decode()
+    with pytest.raises(ConfigError):
+        TokenVerifier(Settings(jwt_public_key=pem, jwt_algorithms=("RS256", "HS256")))
+
+
+@pytest.mark.parametrize("content", ["private-key", "garbage", "short-rsa"])
+def test_public_key_file_that_holds_no_usable_public_key_is_refused_at_start_up(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey, content: str
+) -> None:
+    if content == "private-key":
+        data = rsa_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    elif content == "garbage":
+        data = b"-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n"
+    else:
+        data = pem_public(rsa.generate_private_key(public_exponent=65537, key_size=1024))
+    path = tmp_path / "key.pem"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError):
+        create_app(Settings.from_env(public_key_env(path)))
+
+
+def test_public_key_with_no_fitting_algorithm_is_refused_at_start_up(
+    tmp_path: Path, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    path = tmp_path / "ec.pem"
+    path.write_bytes(pem_public(ec_key))
+    with pytest.raises(ConfigError):
+        create_app(Settings.from_env({**public_key_env(path), "MIM_JWT_ALGORITHMS": "RS256"}))
 
 
 # --- what needs no token -------------------------------------------------------------------------

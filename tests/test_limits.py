@@ -16,6 +16,8 @@ from tests.conftest import ENV, codes, gql, make_token
 
 SUGGESTION = re.compile("did you mean", re.IGNORECASE)
 
+pytestmark = pytest.mark.security
+
 
 TEN_LEVELS = (
     "{ incidents(first: 1) { edges { node { kpis { incident { kpis { kpi { summary { "

@@ -86,6 +86,8 @@ MUTATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
 }
 
+pytestmark = pytest.mark.security
+
 
 class Raw(str):
     """A token written into a GraphQL document as is, such as 1e309."""

@@ -139,7 +139,7 @@ async def world(client: TestClient) -> None:
     assert len(recorded["recordObservations"]) == len(OBSERVATIONS)
 
 
-pytestmark = pytest.mark.usefixtures("world")
+pytestmark = [pytest.mark.usefixtures("world"), pytest.mark.security]
 
 
 async def post_text(
