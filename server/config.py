@@ -51,6 +51,8 @@ class Settings:
         public_key = Path(public_key_file).read_text() if public_key_file else None
         default_algorithms = "HS256" if secret else "RS256,ES256"
         algorithms = _algorithms(env.get("MIM_JWT_ALGORITHMS", default_algorithms))
+        if public_key and jwks_url:
+            raise ConfigError("configure MIM_JWT_PUBLIC_KEY or MIM_JWT_JWKS_URL, not both")
         _check_keys(secret, public_key or jwks_url, algorithms)
         return cls(
             database_url=env.get("DATABASE_URL", DEFAULT_DATABASE_URL),
@@ -103,8 +105,11 @@ def _check_keys(secret: str | None, asymmetric: object, algorithms: tuple[str, .
     if asymmetric and hmac:
         # An HMAC algorithm beside a public key lets a token be signed with the public key itself.
         raise ConfigError("a public key or JWKS URL goes with asymmetric algorithms only")
-    if secret and len(secret.encode()) < MIN_HMAC_SECRET_BYTES:
-        raise ConfigError(f"MIM_JWT_SECRET must be at least {MIN_HMAC_SECRET_BYTES} bytes")
+    if secret:
+        # A key shorter than the hash's output weakens it: HS384 wants 48 bytes, HS512 64.
+        needed = max([MIN_HMAC_SECRET_BYTES] + [int(a[2:]) // 8 for a in hmac])
+        if len(secret.encode()) < needed:
+            raise ConfigError(f"MIM_JWT_SECRET must be at least {needed} bytes for {hmac}")
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
