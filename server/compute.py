@@ -20,7 +20,7 @@ from server.auth import Viewer
 from server.errors import NotFound
 from server.formulas import Formula, IncidentData, compile_formula
 from server.formulas.lexer import tokenize
-from server.model import Incident, Severity
+from server.model import Incident
 from server.tables import Incident as IncidentTable
 from server.tables import KpiDefinition
 
@@ -146,7 +146,7 @@ async def recompute_incidents(pks: Sequence[int]) -> None:
         *pks,
     )
     results = {k.slug: BackfillResult(k.slug) for k in kpis}
-    await _compute(kpis, [_incident(r) for r in rows], results)
+    await _compute(kpis, [incidents.incident_from_row(r) for r in rows], results)
 
 
 async def _incident_batch(after: int, since: datetime | None, size: int) -> list[Incident]:
@@ -156,7 +156,7 @@ async def _incident_batch(after: int, since: datetime | None, size: int) -> list
         sql += " AND detected_at >= {}"
         args.append(since)
     rows = await _fetch(sql + " ORDER BY id LIMIT {}", *args, size)
-    return [_incident(r) for r in rows]
+    return [incidents.incident_from_row(r) for r in rows]
 
 
 async def _compute(
@@ -292,13 +292,3 @@ async def _fetch(sql: str, *args: Any) -> list[dict[str, Any]]:
 def _marks(values: Sequence[Any]) -> str:
     return ", ".join("{}" for _ in values)
 
-
-def _incident(row: dict[str, Any]) -> Incident:
-    return Incident(
-        pk=row["id"],
-        key=row["key"],
-        title=row["title"],
-        severity=Severity(row["severity"]),
-        detected_at=row["detected_at"],
-        resolved_at=row["resolved_at"],
-    )
