@@ -20,7 +20,7 @@ from server.auth import Viewer
 from server.errors import NotFound
 from server.formulas import Formula, IncidentData, compile_formula
 from server.formulas.lexer import tokenize
-from server.model import Incident
+from server.model import Alert, Incident, Milestone, SurveyResponse, TimelineEvent
 from server.tables import Incident as IncidentTable
 from server.tables import KpiDefinition
 
@@ -191,12 +191,15 @@ async def incident_data(
     batch: Sequence[Incident], reads: frozenset[str] = frozenset(COLLECTIONS)
 ) -> list[IncidentData]:
     """Return each incident with the collections named in `reads`: one query per collection."""
-    pks = [i.pk for i in batch]
-    empty: dict[int, list[Any]] = {}
-    alerts = await incidents.alerts_rows(pks) if "alerts" in reads else empty
-    timeline = await incidents.timeline_rows(pks) if "timeline" in reads else empty
-    milestones = await incidents.milestones_rows(pks) if "milestones" in reads else empty
-    surveys = await incidents.surveys_rows(pks) if "surveys" in reads else empty
+    if not batch:
+        return []
+    members = {i.pk for i in batch}
+    span = (batch[0].pk, batch[-1].pk)
+    loaded = {name: await _collection(name, span, members) for name in reads}
+    alerts = loaded.get("alerts", {})
+    timeline = loaded.get("timeline", {})
+    milestones = loaded.get("milestones", {})
+    surveys = loaded.get("surveys", {})
     return [
         IncidentData(
             incident=i,
@@ -207,6 +210,51 @@ async def incident_data(
         )
         for i in batch
     ]
+
+
+# Per collection: the query over a range of incident ids, and the record each row becomes.
+_COLLECTION_SQL = {
+    "alerts": "SELECT id, incident, issue_time, source FROM alert",
+    "timeline": "SELECT incident, kind, phase, occurred_at, note FROM timeline_event",
+    "milestones": "SELECT incident, name, committed_eta, delivered_at FROM milestone",
+    "surveys": "SELECT incident, score, submitted_at FROM survey_response",
+}
+_COLLECTION_ORDER = {
+    "alerts": "issue_time, id",
+    "timeline": "occurred_at, id",
+    "milestones": "committed_eta, id",
+    "surveys": "submitted_at, id",
+}
+_RECORDS: dict[str, Callable[[Any], Any]] = {
+    "alerts": lambda r: Alert(r["id"], r["incident"], r["issue_time"], r["source"]),
+    "timeline": lambda r: TimelineEvent(
+        r["incident"], r["kind"], r["phase"], r["occurred_at"], r["note"]
+    ),
+    "milestones": lambda r: Milestone(
+        r["incident"], r["name"], r["committed_eta"], r["delivered_at"]
+    ),
+    "surveys": lambda r: SurveyResponse(r["incident"], r["score"], r["submitted_at"]),
+}
+
+
+async def _collection(name: str, span: tuple[int, int], members: set[int]) -> dict[int, list[Any]]:
+    """Return a collection's records for the incidents in `members`, by incident, in order.
+
+    Batches are ranges of incident ids, so a range scan of the incident index replaces a long
+    IN list; rows of incidents outside the batch (a `since` filter) are dropped here.
+    """
+    rows = await _fetch(
+        f"{_COLLECTION_SQL[name]} WHERE incident >= {{}} AND incident <= {{}} "
+        f"ORDER BY incident, {_COLLECTION_ORDER[name]}",
+        *span,
+    )
+    make = _RECORDS[name]
+    found: dict[int, list[Any]] = {}
+    for row in rows:
+        pk = row["incident"]
+        if pk in members:
+            found.setdefault(pk, []).append(make(row))
+    return found
 
 
 async def _stored(
@@ -291,4 +339,3 @@ async def _fetch(sql: str, *args: Any) -> list[dict[str, Any]]:
 
 def _marks(values: Sequence[Any]) -> str:
     return ", ".join("{}" for _ in values)
-
