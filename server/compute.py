@@ -155,7 +155,11 @@ async def _incident_batch(after: int, since: datetime | None, size: int) -> list
     if since is not None:
         sql += " AND detected_at >= {}"
         args.append(since)
-    rows = await _fetch(sql + " ORDER BY id LIMIT {}", *args, size)
+    sql += " ORDER BY id LIMIT {}"
+    if not db.is_sqlite():
+        # Ingest writes to these incidents wait until this batch's results are stored.
+        sql += " FOR SHARE"
+    rows = await _fetch(sql, *args, size)
     return [incidents.incident_from_row(r) for r in rows]
 
 

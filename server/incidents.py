@@ -222,11 +222,19 @@ async def upsert(
 
 
 async def _incident_pk(key: str) -> int:
+    """Return an incident's row id, locking it for this transaction's recompute.
+
+    Two writes to one incident must not each recompute its KPIs from data missing the other's
+    row: on PostgreSQL the row lock makes them take turns (SQLite's writers already do).
+    """
     validate.incident_key(key)
-    rows = await t.Incident.select(t.Incident.id).where(t.Incident.key == key)
+    query = t.Incident.select(t.Incident.id).where(t.Incident.key == key)
+    if not db.is_sqlite():
+        query = query.lock_rows("UPDATE")
+    rows = await query
     if not rows:
         raise NotFound(f"unknown incident {key!r}")
-    return rows[0]["id"]
+    return int(rows[0]["id"])
 
 
 async def record_alert(
