@@ -25,7 +25,7 @@ from server.tables import (
     SurveyResponse,
     TimelineEvent,
 )
-from tests.conftest import codes, is_postgres, make_token
+from tests.conftest import codes, make_token
 
 pytestmark = pytest.mark.security
 
@@ -313,8 +313,6 @@ async def check_computed_rows(client: Any, incidents: int, figure: Any) -> None:
             f"more than one computed row: {doubled[:8]}; rows never recomputed: {wrong[:3]}; "
             f"a fresh backfill wrote {written}"
         )
-
-
 
 
 async def test_200_concurrent_ingest_writes_during_backfills_lose_and_duplicate_nothing(
