@@ -15,7 +15,7 @@ from typing import Any
 from piccolo.engine.postgres import PostgresEngine
 from piccolo.querystring import QueryString
 
-from server import db, incidents, observations, policy
+from server import db, incidents, observations, policy, setbased
 from server.auth import Viewer
 from server.errors import NotFound
 from server.formulas import Formula, IncidentData, compile_formula
@@ -26,6 +26,8 @@ from server.tables import KpiDefinition
 
 COMPUTED = observations.COMPUTED
 BATCH_SIZE = 2000
+# The database computes set-based batches without Python holding rows; SQLite wants them large.
+SET_BASED_BATCH = 20_000
 # A formula over recorded facts is exact; confidence is for estimates a worker ingests.
 COMPUTED_CONFIDENCE = 1.0
 COLLECTIONS = ("alerts", "timeline", "milestones", "surveys")
@@ -118,10 +120,40 @@ async def run(
     batch_size: int = BATCH_SIZE,
     progress: Callable[[int], None] | None = None,
 ) -> list[BackfillResult]:
-    """Compute `kpis` for all incidents (detected since `since`), one batch per transaction."""
+    """Compute `kpis` for all incidents (detected since `since`), one batch per transaction.
+
+    A formula that compiles to SQL is computed by the database (server/setbased.py); the rest
+    are evaluated here, incident by incident.
+    """
     if not kpis:
         return []
     results = {k.slug: BackfillResult(k.slug) for k in kpis}
+    rest: list[ComputedKpi] = []
+    scanned = 0
+    for kpi in kpis:
+        counts = await setbased.backfill_kpi(
+            kpi, since=since, batch_size=max(batch_size, SET_BASED_BATCH)
+        )
+        if counts is None:
+            rest.append(kpi)
+            continue
+        result = results[kpi.slug]
+        result.incidents_scanned, result.observations_written, result.skipped = counts
+        scanned = counts[0]
+    if rest:
+        await _run_in_python(rest, results, since, batch_size, progress)
+    elif progress is not None:
+        progress(scanned)
+    return [results[k.slug] for k in kpis]
+
+
+async def _run_in_python(
+    kpis: Sequence[ComputedKpi],
+    results: dict[str, BackfillResult],
+    since: datetime | None,
+    batch_size: int,
+    progress: Callable[[int], None] | None,
+) -> None:
     after = 0
     while True:
         async with db.transaction():
@@ -132,7 +164,6 @@ async def run(
         after = batch[-1].pk
         if progress is not None:
             progress(len(batch))
-    return [results[k.slug] for k in kpis]
 
 
 async def recompute_incidents(pks: Sequence[int]) -> None:
