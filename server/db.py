@@ -61,8 +61,24 @@ def transaction() -> Any:
     return db.transaction()
 
 
+# Applications sharing the process's one engine (tests run several): the pool closes with the last.
+_open_apps = 0
+
+
 async def open_engine(*, statement_timeout_seconds: float = 10.0) -> None:
     """Prepare the engine for serving: WAL on SQLite, a connection pool on PostgreSQL."""
+    global _open_apps
+    _open_apps += 1
+    if _open_apps > 1:
+        return
+    try:
+        await _open(statement_timeout_seconds)
+    except BaseException:
+        _open_apps -= 1
+        raise
+
+
+async def _open(statement_timeout_seconds: float) -> None:
     db = engine()
     if isinstance(db, SQLiteEngine):
         # WAL lets readers proceed while one writer commits; the mode persists in the file.
@@ -78,7 +94,11 @@ async def open_engine(*, statement_timeout_seconds: float = 10.0) -> None:
 
 
 async def close_engine() -> None:
-    """Release what open_engine() took."""
+    """Release what open_engine() took, once the last application using it closes."""
+    global _open_apps
+    _open_apps -= 1
+    if _open_apps > 0:
+        return
     db = engine()
     if isinstance(db, PostgresEngine):
         await db.close_connection_pool()
