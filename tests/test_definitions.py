@@ -952,3 +952,34 @@ async def test_summary_uses_the_callers_persona_target(client) -> None:
             "threshold": 4.0,
         }, persona
         assert other["meetsTarget"] is True, persona
+
+
+@pytest.mark.parametrize(
+    "sources",
+    [
+        pytest.param(["ok", "  "], id="blank"),
+        pytest.param(["x" * 201], id="too-long"),
+        pytest.param([f"source-{n}" for n in range(51)], id="too-many"),
+        pytest.param(["alert\x00issue_time"], id="nul"),
+    ],
+)
+async def test_create_with_bad_data_sources_is_bad_input_and_writes_nothing(
+    client, sources: list[str]
+) -> None:
+    body = await gql(client, CREATE, {"input": new_kpi(dataSources=sources)})
+    assert codes(body) == ["BAD_USER_INPUT"]
+    assert "dataSources" in body["errors"][0]["message"]
+    assert await counts() == SEEDED
+
+
+async def test_a_note_over_4000_characters_is_bad_input_and_writes_nothing(client) -> None:
+    before = await kpi(client, "mttr")
+    for query, variables in (
+        (UPDATE, {"slug": "mttr", "input": {"name": "Renamed"}, "note": "n" * 4001}),
+        (REVIEW, {"slug": "mttr", "note": "n" * 4001}),
+    ):
+        body = await gql(client, query, variables)
+        assert codes(body) == ["BAD_USER_INPUT"]
+        assert "note" in body["errors"][0]["message"]
+    assert await kpi(client, "mttr") == before
+    assert await counts() == SEEDED
