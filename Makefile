@@ -46,7 +46,8 @@ test: lint
 # concurrent writes and rows found, faults injected and recovered.
 security: setup
 	rm -f .security-figures.jsonl
-	MIM_FIGURES_FILE=$(CURDIR)/.security-figures.jsonl $(BIN)/pytest -q -m security
+	TEST_DATABASE_URL="$${TEST_DATABASE_URL:-$$TEST_POSTGRES_URL}" \
+		MIM_FIGURES_FILE=$(CURDIR)/.security-figures.jsonl $(BIN)/pytest -q -m security
 	$(BIN)/python -m tests.figures .security-figures.jsonl
 
 schema: setup

@@ -62,8 +62,7 @@ def build_schema(*, introspection: bool = True) -> strawberry.Schema:
         extensions=[
             *extensions,
             lambda: AddValidationRules([QueryCost]),
-            # Strawberry counts the root field as depth 0; ours counts it as 1.
-            lambda: QueryDepthLimiter(max_depth=MAX_DEPTH - 1),
+            lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
             lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
             lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
             lambda: ParserCache(maxsize=CACHE_SIZE),

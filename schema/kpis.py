@@ -159,7 +159,7 @@ class KpiDefinitionType:
         to: datetime | None = None,
         severity: Severity | None = None,
     ) -> KpiSummary:
-        window = kpis.SummaryWindow(start=from_, end=to, severity=severity)
+        window = kpis.SummaryWindow.checked(from_, to, severity)
         s = await info.context.loaders.summary.load((self.definition, window))
         return KpiSummary(
             count=s.count, value=s.value, target=KpiTarget.of(s.target), meets_target=s.meets_target

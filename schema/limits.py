@@ -24,7 +24,7 @@ LIST_SIZES = {
     "dataSources": 10,
     "revisions": 20,
     "changes": 15,
-    "series": 100,
+    "series": 1000,  # the most buckets a series may have
     "alerts": 10,
     "timeline": 10,
     "milestones": 10,
@@ -34,6 +34,7 @@ LIST_SIZES = {
     "recordObservations": 100,
 }
 DEFAULT_PAGE = 20
+MAX_PAGE = 100
 
 
 def estimate(context: ValidationContext, operation: OperationDefinitionNode) -> int:
@@ -43,13 +44,7 @@ def estimate(context: ValidationContext, operation: OperationDefinitionNode) -> 
         for d in context.document.definitions
         if isinstance(d, FragmentDefinitionNode)
     }
-    variables = {}
-    for definition in operation.variable_definitions or ():
-        if definition.default_value is not None and isinstance(
-            definition.default_value, IntValueNode
-        ):
-            variables[definition.variable.name.value] = int(definition.default_value.value)
-    return _cost(operation.selection_set, fragments, variables, 1, set())
+    return _cost(operation.selection_set, fragments, {}, 1, set())
 
 
 def _cost(
@@ -98,10 +93,10 @@ def _first(node: FieldNode, variables: dict[str, int], default: int) -> int:
             continue
         value = argument.value
         if isinstance(value, IntValueNode):
-            return max(1, int(value.value))
+            return min(MAX_PAGE, max(1, int(value.value)))
         if isinstance(value, VariableNode):
-            # The variable's value is not known at validation time: assume the largest page.
-            return variables.get(value.name.value, 100)
+            # The variable's value (not its default) is not known here: assume the largest page.
+            return MAX_PAGE
     return default
 
 

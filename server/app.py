@@ -6,14 +6,16 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import lru_cache
 from typing import Any
 
 from aiohttp import web
+from graphql import GraphQLError, OperationDefinitionNode, parse
 from strawberry.aiohttp.views import GraphQLView
 from strawberry.http import process_result
 from strawberry.types import ExecutionResult
 
-from schema import build_schema, schema
+from schema import MAX_TOKENS, build_schema, schema
 from schema.context import Context
 from schema.errors import INTERNAL_MESSAGE, TIMEOUT_MESSAGE, UNAVAILABLE_MESSAGE, coded_errors
 from server import db, health, rest
@@ -75,11 +77,13 @@ async def mask_faults(request: web.Request, handler: Handler) -> web.StreamRespo
     """Answer an unexpected exception with a coded INTERNAL error, logging the detail here."""
     try:
         async with asyncio.timeout(request.app[SETTINGS].request_timeout_seconds):
-            return await handler(request)
+            response = await handler(request)
     except web.HTTPRequestEntityTooLarge:
         return error_response(413, "BAD_USER_INPUT", "The request body is larger than 1 MiB.")
-    except web.HTTPException:
-        raise
+    except web.HTTPException as refusal:
+        if refusal.status < 400:
+            raise
+        return _coded_refusal(refusal.status, refusal.reason)
     except TimeoutError:
         log.warning("request ran past its time limit: %s %s", request.method, request.path)
         return error_response(503, "TIMEOUT", TIMEOUT_MESSAGE)
@@ -93,12 +97,29 @@ async def mask_faults(request: web.Request, handler: Handler) -> web.StreamRespo
             return response
         log.exception("unexpected error serving %s %s", request.method, request.path)
         return error_response(500, "INTERNAL", INTERNAL_MESSAGE)
+    if response.status >= 400 and response.content_type == "text/plain":
+        # Transport-level refusals (unsupported content type, no query, ...) get a code too.
+        text = response.text if isinstance(response, web.Response) else None
+        return _coded_refusal(response.status, text or response.reason)
+    return response
+
+
+def _coded_refusal(status: int, message: str | None) -> web.Response:
+    code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(status, "BAD_USER_INPUT")
+    return error_response(status, code, message or "Bad request.")
 
 
 class MimGraphQLView(GraphQLView[Context, None]):
     def __init__(self, *, suggestions: bool, **options: Any) -> None:
         super().__init__(**options)
         self.suggestions = suggestions
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "POST" and request.content_type == "application/json":
+            refusal = check_body(await request.read())
+            if refusal is not None:
+                return error_response(400, "BAD_USER_INPUT", refusal)
+        return await super().__call__(request)
 
     async def process_result(self, request: web.Request, result: ExecutionResult) -> Any:
         if result.errors:
@@ -108,6 +129,30 @@ class MimGraphQLView(GraphQLView[Context, None]):
     async def get_context(self, request: web.Request, response: Any) -> Context:
         # The GraphiQL page is served without a token; it renders no data.
         return Context(viewer=request.get(VIEWER, ANONYMOUS))
+
+
+def check_body(raw: bytes) -> str | None:
+    """Return why a JSON request body cannot be a GraphQL request, or None if it may be one."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # also invalid UTF-8 and absurd nesting
+        return "The request body is not valid JSON."
+    if isinstance(body, list):
+        return "Batched requests are not accepted: send one operation per request."
+    if not isinstance(body, dict) or not isinstance(body.get("query"), str):
+        return "The request body must be a JSON object with a query string."
+    if body.get("operationName") is None and _operation_count(body["query"]) > 1:
+        return "The document holds several operations: name the one to run in operationName."
+    return None
+
+
+@lru_cache(maxsize=256)
+def _operation_count(query: str) -> int:
+    try:
+        document = parse(query, max_tokens=MAX_TOKENS)
+    except GraphQLError:
+        return 1  # the executor reports the syntax error itself
+    return sum(isinstance(d, OperationDefinitionNode) for d in document.definitions)
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:

@@ -164,9 +164,9 @@ def kpi_backfill(
 
     async def go() -> list[compute.BackfillResult]:
         total = await compute.incident_count(since=start)
-        with click.progressbar(
-            length=total, label="incidents", file=sys.stderr, show_pos=True
-        ) as bar:
+        # A bar only on a terminal: piped output gets the summary lines alone.
+        label = "incidents" if sys.stderr.isatty() else ""
+        with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True) as bar:
             return await compute.backfill(
                 viewer=operator,
                 slugs=list(slugs) if slugs else None,

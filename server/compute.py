@@ -15,7 +15,7 @@ from typing import Any
 from piccolo.engine.postgres import PostgresEngine
 from piccolo.querystring import QueryString
 
-from server import db, incidents, observations, policy, setbased
+from server import db, incidents, observations, policy, setbased, validate
 from server.auth import Viewer
 from server.errors import NotFound
 from server.formulas import Formula, IncidentData, compile_formula
@@ -86,7 +86,7 @@ async def backfill(
 ) -> list[BackfillResult]:
     """Recompute the named KPIs (all computed KPIs when None) for every incident; admins only."""
     policy.require(viewer, policy.Action.DEFINE)
-    kpis = await computed_kpis(slugs)
+    kpis = await computed_kpis([s for s in slugs if validate.is_slug(s)] if slugs else slugs)
     if slugs is not None:
         missing = sorted(set(slugs) - {k.slug for k in kpis})
         if missing:

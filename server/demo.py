@@ -44,7 +44,9 @@ async def load(*, count: int = 300, seed: int = 2041, now: datetime | None = Non
     rng = random.Random(seed)
     async with db.transaction():
         start = await Incident.count()
-        incidents = [_incident(rng, start + n, now) for n in range(count)]
+        incidents = sorted((_incident(rng, now) for _ in range(count)), key=lambda i: i.detected_at)
+        for n, incident in enumerate(incidents):  # ids in the order incidents were detected
+            incident.key = f"INC-{1000 + start + n}"
         for chunk in _chunks(incidents):
             await Incident.insert(*chunk)
         keys = [i.key for i in incidents]
@@ -73,14 +75,13 @@ def _chunks(rows: list) -> list[list]:  # type: ignore[type-arg]
     return [rows[i : i + BATCH] for i in range(0, len(rows), BATCH)]
 
 
-def _incident(rng: random.Random, n: int, now: datetime) -> Incident:
+def _incident(rng: random.Random, now: datetime) -> Incident:
     severity = rng.choices([s for s, _ in SEVERITIES], [w for _, w in SEVERITIES])[0]
-    detected = now - timedelta(minutes=rng.randint(60 * 24, 60 * 24 * 180))
+    detected = now - timedelta(seconds=rng.randint(86_400, 86_400 * 180))
     minutes = max(5.0, rng.gauss(RESOLVE_MINUTES[severity], RESOLVE_MINUTES[severity] * 0.35))
     resolved = detected + timedelta(minutes=round(minutes)) if rng.random() < 0.96 else None
     service, symptom = rng.choice(SERVICES), rng.choice(SYMPTOMS)
     return Incident(
-        key=f"INC-{1000 + n}",
         title=f"{service}: {symptom}",
         severity=severity,
         detected_at=detected,
@@ -105,7 +106,9 @@ def _children(
             )
         )
     ack = {"P1": 6, "P2": 14, "P3": 30, "P4": 60}[incident.severity]
-    gather = issue_times[0] + timedelta(minutes=max(1, round(rng.gauss(ack, ack * 0.4))))
+    # Gathering starts after detection, however early the first alert fired.
+    waited = timedelta(seconds=max(60, round(rng.gauss(ack, ack * 0.4) * 60)))
+    gather = max(issue_times[0] + waited, detected + timedelta(minutes=1))
     end = resolved or now
     stamps = [detected, gather, gather + (end - gather) / 2, end]
     for phase, at in zip(PHASES, stamps, strict=True):

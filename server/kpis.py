@@ -51,6 +51,17 @@ class SummaryWindow:
     end: datetime | None = None
     severity: Severity | None = None
 
+    @classmethod
+    def checked(
+        cls, start: datetime | None, end: datetime | None, severity: Severity | None
+    ) -> SummaryWindow:
+        """Return a window whose bounds are valid UTC date-times, `from` before `to`."""
+        start = validate.optional_utc(start, "from")
+        end = validate.optional_utc(end, "to")
+        if start is not None and end is not None and end <= start:
+            raise BadInput("to must be after from")
+        return cls(start=start, end=end, severity=severity)
+
 
 async def list_definitions(
     *, viewer: Viewer, visibility: Visibility | None = None
@@ -263,7 +274,8 @@ def _checked(fields: Mapping[str, Any], *, creating: bool) -> dict[str, Any]:
     if "review_cadence" in values:
         values["review_cadence"] = validate.duration(values["review_cadence"])
     if values.get("expression") is not None:
-        values["expression"] = compile_formula(values["expression"]).source
+        text = validate.text(values["expression"], "expression", max_length=2000)
+        values["expression"] = compile_formula(text).source
     if "targets" in values:
         values["targets"] = _targets(values["targets"] or [])
     elif creating:

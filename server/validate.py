@@ -10,6 +10,11 @@ import isodate
 
 from server.errors import BadInput
 
+# Incident data from before Unix time or after 2200 is a typo, and would break date arithmetic.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+MAX_CADENCE_YEARS = 10
+
 SLUG_PATTERN = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
 SLUG_MAX = 64
 INCIDENT_KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*")
@@ -55,7 +60,18 @@ def text(value: str, field: str, *, max_length: int, required: bool = True) -> s
         raise BadInput(f"{field} must be at most {max_length} characters")
     if "\x00" in value:
         raise BadInput(f"{field} must not contain NUL characters")
+    if not is_encodable(value):
+        raise BadInput(f"{field} must be valid Unicode text")
     return value
+
+
+def is_encodable(value: str) -> bool:
+    """Return whether a string can be stored as UTF-8 (lone surrogates cannot)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def optional_text(value: str | None, field: str, *, max_length: int) -> str | None:
@@ -81,10 +97,16 @@ def in_range(value: float, field: str, low: float, high: float) -> float:
 
 
 def utc(value: datetime, field: str) -> datetime:
-    """Return an offset-aware date-time converted to UTC; naive ones are ambiguous."""
+    """Return an offset-aware date-time in UTC; naive ones are ambiguous, far ones mistakes."""
     if value.tzinfo is None or value.utcoffset() is None:
         raise BadInput(f"{field} must be an ISO 8601 date-time with a UTC offset")
-    return value.astimezone(UTC)
+    try:
+        moment = value.astimezone(UTC)
+    except OverflowError:
+        raise BadInput(f"{field} is out of range") from None
+    if not EARLIEST <= moment < LATEST:
+        raise BadInput(f"{field} must be between {EARLIEST.year} and {LATEST.year - 1}")
+    return moment
 
 
 def optional_utc(value: datetime | None, field: str) -> datetime | None:
@@ -98,11 +120,17 @@ def duration(value: str, field: str = "reviewCadence") -> str:
         if not DURATION_SHAPE.fullmatch(value):
             raise ValueError(value)
         parsed = isodate.parse_duration(value)
-    except (isodate.ISO8601Error, ValueError, TypeError):
+    except (isodate.ISO8601Error, ValueError, TypeError, OverflowError):
         raise BadInput(f"{field} must be an ISO 8601 duration such as P90D") from None
     anchor = datetime(2000, 1, 1, tzinfo=UTC)
-    if anchor + parsed <= anchor:
+    try:
+        end = anchor + parsed
+    except (OverflowError, ValueError):
+        end = datetime.max.replace(tzinfo=UTC)
+    if end <= anchor:
         raise BadInput(f"{field} must be a positive duration")
+    if end > anchor.replace(year=anchor.year + MAX_CADENCE_YEARS):
+        raise BadInput(f"{field} must be at most {MAX_CADENCE_YEARS} years")
     return value
 
 

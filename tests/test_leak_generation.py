@@ -1015,7 +1015,17 @@ async def test_exec_counts_and_summaries_are_over_exec_visible_rows_only(
 
 
 def unique_windows(windows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [json.loads(w) for w in unique([json.dumps(w, sort_keys=True) for w in windows])]
+    """Return the distinct windows, `from` before `to` (a backwards window is BAD_USER_INPUT)."""
+    distinct = [json.loads(w) for w in unique([json.dumps(w, sort_keys=True) for w in windows])]
+    return [
+        w
+        for w in distinct
+        if not (w["from"] and w["to"] and instant(w["to"]) <= instant(w["from"]))
+    ]
+
+
+def instant(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def summaries_by_slug(answer: tuple[int, str]) -> dict[str, dict[str, Any]]:

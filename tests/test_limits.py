@@ -19,25 +19,25 @@ SUGGESTION = re.compile("did you mean", re.IGNORECASE)
 pytestmark = pytest.mark.security
 
 
-TEN_LEVELS = (
-    "{ incidents(first: 1) { edges { node { kpis { incident { kpis { kpi { summary { "
-    "target { severity } } } } } } } } } }"
-)
-ELEVEN_LEVELS = (
+# Depth counts the levels below the root field (Strawberry's convention): ten levels pass.
+TEN_LEVELS_BELOW_ROOT = (
     "{ incidents(first: 1) { edges { node { kpis { incident { kpis { incident { kpis { kpi { "
     "summary { count } } } } } } } } } } }"
 )
+ELEVEN_LEVELS_BELOW_ROOT = TEN_LEVELS_BELOW_ROOT.replace(
+    "summary { count }", "summary { target { severity } }"
+)
 
 
-async def test_a_query_ten_levels_deep_runs(client) -> None:
-    body = await gql(client, TEN_LEVELS, persona="responder")
+async def test_a_query_ten_levels_below_its_root_field_runs(client) -> None:
+    body = await gql(client, TEN_LEVELS_BELOW_ROOT, persona="responder")
     assert "errors" not in body, body
 
 
 async def test_a_query_eleven_levels_deep_is_refused_before_it_runs(client, sql_statements) -> None:
-    body = await gql(client, ELEVEN_LEVELS, persona="responder")
+    body = await gql(client, ELEVEN_LEVELS_BELOW_ROOT, persona="responder")
     assert codes(body) == ["BAD_USER_INPUT"]
-    assert "depth" in body["errors"][0]["message"]
+    assert "maximum operation depth of 10" in body["errors"][0]["message"]
     assert sql_statements.count == 0
 
 
@@ -170,3 +170,19 @@ async def test_without_introspection_no_error_suggests_a_name(production, client
     assert not SUGGESTION.search(str(hidden)), hidden
     shown = await gql(client, query)
     assert codes(shown)  # the same mistake is an error with introspection on too
+
+
+async def test_a_variable_default_does_not_lower_the_cost_estimate(client, sql_statements) -> None:
+    query = (
+        "query ($f: Int = 1) { incidents(first: $f) { edges { node { kpis { kpi { revisions { "
+        "changes { field } } } } } } } }"
+    )
+    response = await client.post(
+        "/graphql",
+        json={"query": query, "variables": {"f": 100}},
+        headers={"Authorization": f"Bearer {make_token('exec')}"},
+    )
+    body = await response.json()
+    assert codes(body) == ["BAD_USER_INPUT"]
+    assert "too expensive" in body["errors"][0]["message"]
+    assert sql_statements.count == 0

@@ -1,0 +1,143 @@
+"""Requests shaped to break the server get a coded 4xx or BAD_USER_INPUT, and write nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from server.tables import Incident, KpiDefinition, KpiRevision
+from tests.conftest import codes, gql, make_token
+
+pytestmark = pytest.mark.security
+
+
+def headers(persona: str = "admin", content_type: str = "application/json") -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_token(persona)}", "Content-Type": content_type}
+
+
+async def refusal(response) -> dict:
+    assert response.status == 400, await response.text()
+    body = await response.json()
+    assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    return body
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(b'"hello"', id="string"),
+        pytest.param(b"null", id="null"),
+        pytest.param(b"42", id="number"),
+        pytest.param(b'{"query": 5}', id="query-not-a-string"),
+        pytest.param(b'{"query": "{ kpis { slug } }"', id="truncated"),
+        pytest.param(b'{"query":"{kpi(slug:\\"\xff\xfe\\"){slug}}"}', id="invalid-utf8"),
+        pytest.param(
+            b'{"query": "{ viewer { subject } }", "variables": {"x": '
+            + b"[" * 5000
+            + b"]" * 5000
+            + b"}}",
+            id="deeply-nested-variables",
+        ),
+    ],
+)
+async def test_a_body_that_is_not_a_graphql_request_is_refused_with_a_code(client, raw) -> None:
+    await refusal(await client.post("/graphql", data=raw, headers=headers()))
+
+
+@pytest.mark.parametrize("content_type", ["application/graphql", "text/plain", "application/xml"])
+async def test_an_unsupported_content_type_gets_a_coded_json_error(client, content_type) -> None:
+    response = await client.post(
+        "/graphql", data=b"{ kpis { slug } }", headers=headers(content_type=content_type)
+    )
+    assert 400 <= response.status < 500
+    body = await response.json()
+    assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+
+
+async def test_an_unknown_route_gets_a_coded_404(client) -> None:
+    response = await client.get("/incidents", headers=headers())
+    assert response.status == 404
+    assert (await response.json())["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+
+
+async def test_several_operations_without_an_operation_name_run_nothing(client) -> None:
+    document = (
+        'mutation B { markKpiReviewed(slug: "mttr") { version } } query A { viewer { subject } }'
+    )
+    versions = await KpiDefinition.select(KpiDefinition.version)
+    response = await client.post(
+        "/graphql", data=json.dumps({"query": document}).encode(), headers=headers()
+    )
+    body = await refusal(response)
+    assert "operationName" in body["errors"][0]["message"]
+    assert await KpiDefinition.select(KpiDefinition.version) == versions
+    named = await client.post(
+        "/graphql",
+        data=json.dumps({"query": document, "operationName": "A"}).encode(),
+        headers=headers(),
+    )
+    assert (await named.json())["data"] == {"viewer": {"subject": "tester"}}
+
+
+@pytest.mark.parametrize(
+    ("query", "variables"),
+    [
+        pytest.param(
+            'query ($f: DateTime!, $t: DateTime!) { kpi(slug: "mttr") { series(bucket: DAY, '
+            "from: $f, to: $t) { start } } }",
+            {"f": "9999-12-30T00:00:00Z", "t": "9999-12-31T12:00:00Z"},
+            id="series-at-the-end-of-time",
+        ),
+        pytest.param(
+            "query ($f: DateTime, $t: DateTime) { kpis { summary(from: $f, to: $t) { count } } }",
+            {"f": "2027-01-01T00:00:00Z", "t": "2026-01-01T00:00:00Z"},
+            id="summary-window-backwards",
+        ),
+        pytest.param(
+            "query ($f: DateTime) { kpis { summary(from: $f) { count } } }",
+            {"f": "9999-12-31T23:59:59-14:00"},
+            id="date-time-beyond-utc-range",
+        ),
+    ],
+)
+async def test_out_of_range_windows_are_bad_input(client, query, variables) -> None:
+    body = await gql(client, query, variables, persona="exec")
+    assert codes(body) and set(codes(body)) == {"BAD_USER_INPUT"}, body
+    assert "out of range" not in str(body) or "is out of range" in str(body)
+
+
+UPSERT = (
+    'mutation ($title: String!, $at: DateTime!) { upsertIncident(input: {id: "INC-1", '
+    "title: $title, severity: P1, detectedAt: $at}) { id } }"
+)
+
+
+@pytest.mark.parametrize(
+    ("title", "at"),
+    [
+        pytest.param("lone \\ud800 surrogate", "2026-01-01T00:00:00Z", id="lone-surrogate"),
+        pytest.param("year 9999", "9999-12-31T23:59:59Z", id="far-future"),
+        pytest.param("year 1", "0001-01-01T00:00:00Z", id="far-past"),
+    ],
+)
+async def test_unstorable_incident_input_is_bad_input_and_writes_nothing(client, title, at) -> None:
+    raw = json.dumps({"query": UPSERT, "variables": {"at": at}})[:-2]
+    raw += ', "title": "' + title + '"}}'
+    response = await client.post("/graphql", data=raw.encode(), headers=headers("ingest"))
+    body = await response.json()
+    assert codes(body) == ["BAD_USER_INPUT"], body
+    assert await Incident.count() == 0
+
+
+@pytest.mark.parametrize("cadence", ["P9999Y", "P1000000Y", "P999999999999D", "P11Y"])
+async def test_absurd_review_cadences_are_bad_input(client, cadence) -> None:
+    before = (await KpiDefinition.count(), await KpiRevision.count())
+    body = await gql(
+        client,
+        'mutation ($c: String!) { updateKpiDefinition(slug: "mttr", input: {reviewCadence: $c})'
+        " { version } }",
+        {"c": cadence},
+    )
+    assert codes(body) == ["BAD_USER_INPUT"]
+    assert (await KpiDefinition.count(), await KpiRevision.count()) == before
