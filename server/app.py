@@ -131,6 +131,11 @@ class MimGraphQLView(GraphQLView[Context, None]):
         return Context(viewer=request.get(VIEWER, ANONYMOUS))
 
 
+async def _without_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    # Which server and version answer is nobody's business but ours.
+    response.headers.pop("Server", None)
+
+
 def check_body(raw: bytes) -> str | None:
     """Return why a JSON request body cannot be a GraphQL request, or None if it may be one."""
     try:
@@ -172,6 +177,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[VERIFIER] = TokenVerifier(settings)
     app.cleanup_ctx.append(_database)
+    app.on_response_prepare.append(_without_server_header)
     view = MimGraphQLView(
         schema=schema if settings.introspection else build_schema(introspection=False),
         graphql_ide="graphiql" if settings.graphiql else None,

@@ -141,3 +141,12 @@ async def test_absurd_review_cadences_are_bad_input(client, cadence) -> None:
     )
     assert codes(body) == ["BAD_USER_INPUT"]
     assert (await KpiDefinition.count(), await KpiRevision.count()) == before
+
+
+async def test_responses_do_not_name_the_server_software(client) -> None:
+    for response in (
+        await client.get("/healthz"),
+        await client.post("/graphql", json={"query": "{ kpis { slug } }"}, headers=headers()),
+        await client.get("/kpis"),
+    ):
+        assert "Server" not in response.headers
