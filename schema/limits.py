@@ -44,13 +44,12 @@ def estimate(context: ValidationContext, operation: OperationDefinitionNode) -> 
         for d in context.document.definitions
         if isinstance(d, FragmentDefinitionNode)
     }
-    return _cost(operation.selection_set, fragments, {}, 1, set())
+    return _cost(operation.selection_set, fragments, 1, set())
 
 
 def _cost(
     selections: SelectionSetNode | None,
     fragments: dict[str, FragmentDefinitionNode],
-    variables: dict[str, int],
     page: int,
     seen: set[str],
 ) -> int:
@@ -59,35 +58,34 @@ def _cost(
     total = 0
     for node in selections.selections:
         if isinstance(node, FieldNode):
-            total += _field_cost(node, fragments, variables, page, seen)
+            total += _field_cost(node, fragments, page, seen)
         elif isinstance(node, InlineFragmentNode):
-            total += _cost(node.selection_set, fragments, variables, page, seen)
+            total += _cost(node.selection_set, fragments, page, seen)
         elif isinstance(node, FragmentSpreadNode) and node.name.value not in seen:
             fragment = fragments.get(node.name.value)
             if fragment is not None:
                 inner = seen | {node.name.value}
-                total += _cost(fragment.selection_set, fragments, variables, page, inner)
+                total += _cost(fragment.selection_set, fragments, page, inner)
     return total
 
 
 def _field_cost(
     node: FieldNode,
     fragments: dict[str, FragmentDefinitionNode],
-    variables: dict[str, int],
     page: int,
     seen: set[str],
 ) -> int:
     name = node.name.value
     if name == "incidents":  # a connection: its edges hold `first` nodes
-        size = _first(node, variables, DEFAULT_PAGE)
-        return 1 + _cost(node.selection_set, fragments, variables, size, seen)
+        size = _first(node, DEFAULT_PAGE)
+        return 1 + _cost(node.selection_set, fragments, size, seen)
     if name == "edges":
-        return 1 + page * _cost(node.selection_set, fragments, variables, page, seen)
+        return 1 + page * _cost(node.selection_set, fragments, page, seen)
     size = LIST_SIZES.get(name, 1)
-    return 1 + size * _cost(node.selection_set, fragments, variables, page, seen)
+    return 1 + size * _cost(node.selection_set, fragments, page, seen)
 
 
-def _first(node: FieldNode, variables: dict[str, int], default: int) -> int:
+def _first(node: FieldNode, default: int) -> int:
     for argument in node.arguments or ():
         if argument.name.value != "first":
             continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from piccolo.engine.postgres import PostgresEngine
@@ -49,6 +50,15 @@ class BackfillResult:
     skipped: int = 0
 
 
+@lru_cache(maxsize=256)
+def compiled(source: str) -> tuple[Formula, frozenset[str]]:
+    """Return a stored expression compiled, with the collections it reads; once per text.
+
+    Every ingest write recomputes its incident, so this keeps parsing off that path.
+    """
+    return compile_formula(source), collections_read(source)
+
+
 def collections_read(source: str) -> frozenset[str]:
     """Return which of an incident's collections a formula reads, so only those are loaded."""
     names = {t.text for t in tokenize(source) if t.kind == "name"}
@@ -65,15 +75,11 @@ async def computed_kpis(slugs: Sequence[str] | None = None) -> list[ComputedKpi]
     if slugs is not None:
         query = query.where(KpiDefinition.slug.is_in(list(slugs) or [""]))
     rows = await query.order_by(KpiDefinition.slug)
-    return [
-        ComputedKpi(
-            slug=row["slug"],
-            version=row["version"],
-            formula=compile_formula(row["expression"]),
-            reads=collections_read(row["expression"]),
-        )
-        for row in rows
-    ]
+    kpis = []
+    for row in rows:
+        formula, reads = compiled(row["expression"])
+        kpis.append(ComputedKpi(row["slug"], row["version"], formula, reads))
+    return kpis
 
 
 async def backfill(
