@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Mapping, Sequence
+from functools import cache
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+import aiosqlite
 import asyncpg
 from piccolo.engine.base import Engine
 from piccolo.engine.finder import engine_finder
@@ -40,8 +43,9 @@ def engine_from_url(url: str) -> Engine:
     raise ValueError(f"unsupported DATABASE_URL scheme {scheme!r}: use sqlite:// or postgresql://")
 
 
+@cache
 def engine() -> Engine:
-    """Return the configured engine."""
+    """Return the configured engine (piccolo_conf is read once per process, as Piccolo does)."""
     found = engine_finder()
     if found is None:
         raise RuntimeError("piccolo_conf.DB is not configured")
@@ -59,6 +63,54 @@ def transaction() -> Any:
     if isinstance(db, SQLiteEngine):
         return db.transaction(transaction_type=TransactionType.immediate)
     return db.transaction()
+
+
+class Statement:
+    """SQL text and its arguments, built with the configured engine's placeholders."""
+
+    __slots__ = ("args", "postgres")
+
+    def __init__(self, *, postgres: bool) -> None:
+        self.postgres = postgres
+        self.args: list[Any] = []
+
+    def arg(self, value: Any) -> str:
+        """Return the placeholder for one argument."""
+        self.args.append(value)
+        return f"${len(self.args)}" if self.postgres else "?"
+
+    def one_of(self, values: Sequence[Any]) -> str:
+        """Return `IN (...)` for a list of values (one array argument on PostgreSQL)."""
+        if self.postgres:
+            return f"= ANY({self.arg(list(values))})"
+        return "IN (" + ", ".join(self.arg(v) for v in values) + ")"
+
+
+def statement() -> Statement:
+    """Return an empty statement for the configured engine."""
+    return Statement(postgres=not is_sqlite())
+
+
+async def fetch(sql: str, args: Sequence[Any]) -> Sequence[Mapping[str, Any]]:
+    """Run one read-only statement outside any transaction and return its rows by column name.
+
+    The lean path for hot reads: no query builder, rows as the driver returns them.
+    """
+    db = engine()
+    if isinstance(db, PostgresEngine):
+        if db.pool is not None:
+            async with db.pool.acquire() as connection:
+                return await connection.fetch(sql, *args)  # type: ignore[no-any-return]
+        connection = await db.get_new_connection()
+        try:
+            return await connection.fetch(sql, *args)  # type: ignore[no-any-return]
+        finally:
+            await connection.close()
+    assert isinstance(db, SQLiteEngine)
+    async with aiosqlite.connect(**db.connection_kwargs) as connection:
+        connection.row_factory = sqlite3.Row
+        async with connection.execute(sql, list(args)) as cursor:
+            return await cursor.fetchall()  # type: ignore[return-value]
 
 
 # Applications sharing the process's one engine (tests run several): the pool closes with the last.

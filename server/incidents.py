@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from piccolo.columns.combination import Or
 from piccolo.table import Table
 
 from server import compute, db, policy, validate
@@ -36,32 +35,51 @@ class IncidentPage:
     has_next_page: bool
 
 
+INCIDENT_COLUMNS = "id, key, title, severity, detected_at, resolved_at"
+
+
 async def page(
     *, viewer: Viewer, first: int, after: str | None, where: IncidentFilter
 ) -> IncidentPage:
     """Return up to `first` incidents newest first, after an opaque cursor."""
-    policy.require(viewer, policy.Action.READ)
-    if not 1 <= first <= MAX_PAGE:
-        raise BadInput(f"first must be between 1 and {MAX_PAGE}")
-    clauses = _filter_clauses(where)
-    if after is not None:
-        detected_at, pk = decode_cursor(after)
-        clauses.append(
-            Or(
-                t.Incident.detected_at < detected_at,
-                (t.Incident.detected_at == detected_at) & (t.Incident.id < pk),
-            )
-        )
-    query = t.Incident.select().order_by(t.Incident.detected_at, t.Incident.id, ascending=False)
-    if clauses:
-        query = query.where(*clauses)
-    rows = await query.limit(first + 1)
-    incidents = [incident_from_row(row) for row in rows[:first]]
+    rows, has_next_page = await page_rows(viewer=viewer, first=first, after=after, where=where)
+    incidents = [incident_from_row(row) for row in rows]
     return IncidentPage(
         incidents=incidents,
         cursors=[encode_cursor(i) for i in incidents],
-        has_next_page=len(rows) > first,
+        has_next_page=has_next_page,
     )
+
+
+async def page_rows(
+    *, viewer: Viewer, first: int, after: str | None, where: IncidentFilter
+) -> tuple[Sequence[Mapping[str, Any]], bool]:
+    """Return up to `first` incident rows newest first after a cursor, and whether more follow."""
+    policy.require(viewer, policy.Action.READ)
+    if not 1 <= first <= MAX_PAGE:
+        raise BadInput(f"first must be between 1 and {MAX_PAGE}")
+    statement = db.statement()
+    clauses = []
+    if where.severity is not None:
+        clauses.append(f"severity = {statement.arg(where.severity.value)}")
+    if where.detected_from is not None:
+        start = validate.utc(where.detected_from, "detectedFrom")
+        clauses.append(f"detected_at >= {statement.arg(start)}")
+    if where.detected_to is not None:
+        end = validate.utc(where.detected_to, "detectedTo")
+        clauses.append(f"detected_at < {statement.arg(end)}")
+    if after is not None:
+        detected_at, pk = decode_cursor(after)
+        clauses.append(
+            f"(detected_at < {statement.arg(detected_at)}"
+            f" OR (detected_at = {statement.arg(detected_at)} AND id < {statement.arg(pk)}))"
+        )
+    sql = f"SELECT {INCIDENT_COLUMNS} FROM incident"
+    if clauses:
+        sql += " WHERE " + " AND ".join(clauses)
+    sql += f" ORDER BY detected_at DESC, id DESC LIMIT {statement.arg(first + 1)}"
+    rows = await db.fetch(sql, statement.args)
+    return rows[:first], len(rows) > first
 
 
 async def count(*, viewer: Viewer, where: IncidentFilter) -> int:
@@ -87,7 +105,12 @@ def _filter_clauses(where: IncidentFilter) -> list[Any]:
 
 def encode_cursor(incident: Incident) -> str:
     """Return the opaque cursor just past `incident` in the newest-first order."""
-    raw = f"{incident.detected_at.isoformat()}|{incident.pk}"
+    return cursor_for(incident.detected_at, incident.pk)
+
+
+def cursor_for(detected_at: datetime, pk: int) -> str:
+    """Return the opaque cursor just past the incident detected then with this row id."""
+    raw = f"{detected_at.isoformat()}|{pk}"
     return base64.urlsafe_b64encode(raw.encode()).decode()
 
 
@@ -105,11 +128,19 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
 
 async def by_key(*, viewer: Viewer, key: str) -> Incident | None:
     """Return the incident with an external id, if any."""
+    row = await key_row(viewer=viewer, key=key)
+    return incident_from_row(row) if row is not None else None
+
+
+async def key_row(*, viewer: Viewer, key: str) -> Mapping[str, Any] | None:
+    """Return the row of the incident with an external id, if any."""
     policy.require(viewer, policy.Action.READ)
     if not validate.is_incident_key(key):
         return None
-    rows = await t.Incident.select().where(t.Incident.key == key)
-    return incident_from_row(rows[0]) if rows else None
+    statement = db.statement()
+    sql = f"SELECT {INCIDENT_COLUMNS} FROM incident WHERE key = {statement.arg(key)}"
+    rows = await db.fetch(sql, statement.args)
+    return rows[0] if rows else None
 
 
 async def by_pk(*, viewer: Viewer, pks: Sequence[int]) -> dict[int, Incident]:
@@ -124,15 +155,41 @@ async def by_pk(*, viewer: Viewer, pks: Sequence[int]) -> dict[int, Incident]:
 async def _rows(table: type[Table], pks: Sequence[int], order: Any) -> dict[int, list[Any]]:
     found: dict[int, list[Any]] = {pk: [] for pk in pks}
     if pks:
-        incident = table._meta.get_column_by_name("incident")
-        rows = (
-            await table.select()
-            .where(incident.is_in(list(set(pks))))
-            .order_by(order, table._meta.primary_key)
-        )
-        for row in rows:
+        for row in await _child_rows(table, pks, order):
             found[row["incident"]].append(row)
     return found
+
+
+# The lists of data an incident holds, each in its reading order.
+CHILDREN: dict[str, tuple[type[Table], Any]] = {
+    "alerts": (t.Alert, t.Alert.issue_time),
+    "timeline": (t.TimelineEvent, t.TimelineEvent.occurred_at),
+    "milestones": (t.Milestone, t.Milestone.committed_eta),
+    "survey_responses": (t.SurveyResponse, t.SurveyResponse.submitted_at),
+}
+
+
+async def child_rows(
+    *, viewer: Viewer, kind: str, pks: Sequence[int]
+) -> Sequence[Mapping[str, Any]]:
+    """Return the rows of one kind of incident data (a CHILDREN key) for these incidents."""
+    policy.require(viewer, policy.Action.READ)
+    table, order = CHILDREN[kind]
+    return await _child_rows(table, pks, order)
+
+
+async def _child_rows(
+    table: type[Table], pks: Sequence[int], order: Any
+) -> Sequence[Mapping[str, Any]]:
+    if not pks:
+        return []
+    statement = db.statement()
+    sql = (
+        f"SELECT * FROM {table._meta.tablename}"
+        f" WHERE incident {statement.one_of(sorted(set(pks)))}"
+        f" ORDER BY {order._meta.db_column_name}, id"
+    )
+    return await db.fetch(sql, statement.args)
 
 
 async def alerts_rows(pks: Sequence[int]) -> dict[int, list[Alert]]:
@@ -326,7 +383,7 @@ async def record_survey_response(
     return _survey(rows[0])
 
 
-def incident_from_row(row: dict[str, Any]) -> Incident:
+def incident_from_row(row: Mapping[str, Any]) -> Incident:
     return Incident(
         pk=row["id"],
         key=row["key"],
@@ -337,7 +394,7 @@ def incident_from_row(row: dict[str, Any]) -> Incident:
     )
 
 
-def _alert(row: dict[str, Any]) -> Alert:
+def _alert(row: Mapping[str, Any]) -> Alert:
     return Alert(
         pk=row["id"],
         incident_pk=row["incident"],
@@ -346,7 +403,7 @@ def _alert(row: dict[str, Any]) -> Alert:
     )
 
 
-def _event(row: dict[str, Any]) -> TimelineEvent:
+def _event(row: Mapping[str, Any]) -> TimelineEvent:
     return TimelineEvent(
         incident_pk=row["incident"],
         kind=row["kind"],
@@ -356,7 +413,7 @@ def _event(row: dict[str, Any]) -> TimelineEvent:
     )
 
 
-def _milestone(row: dict[str, Any]) -> Milestone:
+def _milestone(row: Mapping[str, Any]) -> Milestone:
     return Milestone(
         incident_pk=row["incident"],
         name=row["name"],
@@ -365,7 +422,7 @@ def _milestone(row: dict[str, Any]) -> Milestone:
     )
 
 
-def _survey(row: dict[str, Any]) -> SurveyResponse:
+def _survey(row: Mapping[str, Any]) -> SurveyResponse:
     return SurveyResponse(
         incident_pk=row["incident"], score=row["score"], submitted_at=row["submitted_at"]
     )

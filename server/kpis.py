@@ -63,14 +63,68 @@ class SummaryWindow:
         return cls(start=start, end=end, severity=severity)
 
 
+# Every column of a definition, in table order; reads name the ones they need.
+DEFINITION_COLUMNS = (
+    "slug",
+    "name",
+    "description",
+    "formula",
+    "expression",
+    "units",
+    "targets",
+    "data_sources",
+    "visibility",
+    "owner",
+    "review_cadence",
+    "last_reviewed_at",
+    "version",
+    "created_at",
+    "updated_at",
+)
+
+
+async def definition_rows(
+    *,
+    viewer: Viewer,
+    columns: Sequence[str] = DEFINITION_COLUMNS,
+    visibility: Visibility | None = None,
+    slugs: Sequence[str] | None = None,
+) -> Sequence[Mapping[str, Any]]:
+    """Return the rows of the definitions the viewer may see, by slug: only `columns`."""
+    statement = db.statement()
+    sql = (
+        f"SELECT {_column_list(columns)} FROM kpi_definition"
+        f" WHERE visibility {statement.one_of(policy.readable(viewer))}"
+    )
+    if visibility is not None:
+        sql += f" AND visibility = {statement.arg(visibility.value)}"
+    if slugs is not None:
+        slugs = sorted({s for s in slugs if validate.is_slug(s)})
+        if not slugs:
+            return []
+        sql += f" AND slug {statement.one_of(slugs)}"
+    return await db.fetch(sql + " ORDER BY slug", statement.args)
+
+
+def _column_list(columns: Sequence[str]) -> str:
+    if not columns:
+        raise ValueError("name at least one column")
+    return ", ".join(checked_columns(columns))
+
+
+def checked_columns(columns: Sequence[str]) -> Sequence[str]:
+    """Return `columns` once each is known to be a definition column (they become SQL text)."""
+    unknown = set(columns) - set(DEFINITION_COLUMNS)
+    if unknown:
+        raise ValueError(f"not definition columns: {sorted(unknown)}")
+    return columns
+
+
 async def list_definitions(
     *, viewer: Viewer, visibility: Visibility | None = None
 ) -> list[Definition]:
     """Return the definitions the viewer may see, by slug."""
-    query = KpiDefinition.select().where(policy.kpi_filter(viewer))
-    if visibility is not None:
-        query = query.where(KpiDefinition.visibility == visibility.value)
-    rows = await query.order_by(KpiDefinition.slug).output(load_json=True)
+    rows = await definition_rows(viewer=viewer, visibility=visibility)
     return [_definition(row) for row in rows]
 
 
@@ -82,14 +136,7 @@ async def get_definition(*, viewer: Viewer, slug: str) -> Definition | None:
 
 async def definitions_by_slug(*, viewer: Viewer, slugs: Sequence[str]) -> dict[str, Definition]:
     """Return the visible definitions among `slugs`, keyed by slug."""
-    slugs = [s for s in slugs if validate.is_slug(s)]
-    if not slugs:
-        return {}
-    rows = await (
-        KpiDefinition.select()
-        .where(policy.kpi_filter(viewer), KpiDefinition.slug.is_in(list(set(slugs))))
-        .output(load_json=True)
-    )
+    rows = await definition_rows(viewer=viewer, slugs=slugs)
     return {row["slug"]: _definition(row) for row in rows}
 
 
@@ -347,17 +394,37 @@ def _definition(row: Mapping[str, Any]) -> Definition:
         formula=row["formula"],
         expression=row["expression"],
         units=row["units"],
-        targets=tuple(targets.from_json(t) for t in row["targets"] or []),
-        data_sources=tuple(row["data_sources"] or []),
+        targets=target_list(row["targets"]),
+        data_sources=tuple(json_list(row["data_sources"])),
         visibility=Visibility(row["visibility"]),
         owner=row["owner"],
         review_cadence=row["review_cadence"],
         last_reviewed_at=reviewed,
-        review_due_at=validate.add_duration(reviewed or row["created_at"], row["review_cadence"]),
+        review_due_at=review_due(reviewed, row["created_at"], row["review_cadence"]),
         version=row["version"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
+
+
+def json_list(stored: str | list[Any] | None) -> list[Any]:
+    """Return a JSON list column's value, whether the driver decoded it or not."""
+    if stored is None:
+        return []
+    return json.loads(stored) if isinstance(stored, str) else stored
+
+
+def target_list(stored: str | list[Any] | None) -> tuple[Target, ...]:
+    """Return the targets a definition row stores."""
+    return tuple(targets.from_json(t) for t in json_list(stored))
+
+
+REVIEW_DUE_COLUMNS = ("last_reviewed_at", "created_at", "review_cadence")
+
+
+def review_due(last_reviewed_at: datetime | None, created_at: datetime, cadence: str) -> datetime:
+    """Return when a definition is next due for review."""
+    return validate.add_duration(last_reviewed_at or created_at, cadence)
 
 
 def _revision(row: Mapping[str, Any]) -> Revision:

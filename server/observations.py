@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from server import db, policy, validate
+from server import db, kpis, policy, validate
 from server.auth import Viewer
 from server.errors import BadInput, Conflict
 from server.model import Observation
@@ -61,31 +61,48 @@ async def for_incidents(
 ) -> dict[int, list[Observation]]:
     """Return each incident's observations of the KPIs the viewer may see, by KPI then time."""
     found: dict[int, list[Observation]] = {pk: [] for pk in pks}
-    if not pks:
-        return found
-    query = KpiObservation.select(*_COLUMNS).where(
-        policy.observation_filter(viewer), KpiObservation.incident.is_in(list(set(pks)))
-    )
-    if slugs is not None:
-        slugs = [s for s in slugs if validate.is_slug(s)]
-        if not slugs:
-            return found
-        query = query.where(KpiObservation.kpi.is_in(list(set(slugs))))
-    rows = await query.order_by(KpiObservation.kpi, KpiObservation.timestamp)
-    for row in rows:
+    for row in await rows_for_incidents(viewer=viewer, pks=pks, slugs=slugs):
         found[row["incident"]].append(_observation(row))
     return found
 
 
-_COLUMNS = (
-    KpiObservation.kpi,
-    KpiObservation.incident,
-    KpiObservation.timestamp,
-    KpiObservation.value,
-    KpiObservation.source,
-    KpiObservation.confidence,
-    KpiObservation.definition_version,
+OBSERVATION_COLUMNS = (
+    "kpi",
+    "incident",
+    "timestamp",
+    "value",
+    "source",
+    "confidence",
+    "definition_version",
 )
+
+
+async def rows_for_incidents(
+    *,
+    viewer: Viewer,
+    pks: Sequence[int],
+    slugs: Sequence[str] | None = None,
+    definition_columns: Sequence[str] = (),
+) -> Sequence[Mapping[str, Any]]:
+    """Return the rows of the incidents' observations of KPIs the viewer may see, by KPI then
+    time; each also carries its definition's `definition_columns`, prefixed `kpi_`."""
+    if not pks:
+        return []
+    statement = db.statement()
+    columns = [f"o.{c}" for c in OBSERVATION_COLUMNS]
+    columns += [f"d.{c} AS kpi_{c}" for c in kpis.checked_columns(definition_columns)]
+    sql = (
+        f"SELECT {', '.join(columns)}"
+        " FROM kpi_observation AS o JOIN kpi_definition AS d ON d.slug = o.kpi"
+        f" WHERE d.visibility {statement.one_of(policy.readable(viewer))}"
+        f" AND o.incident {statement.one_of(sorted(set(pks)))}"
+    )
+    if slugs is not None:
+        slugs = sorted({s for s in slugs if validate.is_slug(s)})
+        if not slugs:
+            return []
+        sql += f" AND o.kpi {statement.one_of(slugs)}"
+    return await db.fetch(sql + " ORDER BY o.kpi, o.timestamp", statement.args)
 
 
 def _checked(given: ObservationInput, n: int) -> ObservationInput:
@@ -157,7 +174,8 @@ def _row(
 
 async def _stored(rows: Sequence[KpiObservation]) -> dict[tuple[str, int, datetime], Observation]:
     stamps = [r.timestamp for r in rows]
-    query = KpiObservation.select(*_COLUMNS).where(
+    columns = [KpiObservation._meta.get_column_by_name(c) for c in OBSERVATION_COLUMNS]
+    query = KpiObservation.select(*columns).where(
         KpiObservation.kpi.is_in(list({r.kpi for r in rows})),
         KpiObservation.incident.is_in(list({r.incident for r in rows})),
         KpiObservation.timestamp >= min(stamps),
@@ -168,7 +186,7 @@ async def _stored(rows: Sequence[KpiObservation]) -> dict[tuple[str, int, dateti
     }
 
 
-def _observation(row: dict[str, Any]) -> Observation:
+def _observation(row: Mapping[str, Any]) -> Observation:
     return Observation(
         kpi_slug=row["kpi"],
         incident_pk=row["incident"],

@@ -150,7 +150,8 @@ class StatementCounter:
 
 @pytest.fixture
 def sql_statements(monkeypatch: pytest.MonkeyPatch) -> StatementCounter:
-    """Count statements by wrapping the engine class's one entry point (engines have __slots__)."""
+    """Count statements by wrapping the engine class's entry point (engines have __slots__) and
+    the lean read path, db.fetch."""
     engine_class = type(db.engine())
     counter = StatementCounter()
     original = engine_class.run_querystring
@@ -159,7 +160,14 @@ def sql_statements(monkeypatch: pytest.MonkeyPatch) -> StatementCounter:
         counter.statements.append(str(querystring))
         return await original(self, querystring, in_pool=in_pool)
 
+    original_fetch = db.fetch
+
+    async def counting_fetch(sql: str, args: Any) -> Any:
+        counter.statements.append(sql)
+        return await original_fetch(sql, args)
+
     monkeypatch.setattr(engine_class, "run_querystring", counting)
+    monkeypatch.setattr(db, "fetch", counting_fetch)
     return counter
 
 
