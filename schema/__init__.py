@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import strawberry
+from graphql import ASTValidationRule
 from graphql.error import GraphQLError
 from strawberry.extensions import (
     AddValidationRules,
@@ -50,24 +52,35 @@ class QuietSchema(strawberry.Schema):
         return None
 
 
-def build_schema(*, introspection: bool = True) -> strawberry.Schema:
+class MimSchema(QuietSchema):
+    """The schema, and the validation rules its limits add (the compiled path applies them too)."""
+
+    def __init__(self, *, limit_rules: Sequence[type[ASTValidationRule]], **options: Any) -> None:
+        super().__init__(**options)
+        self.limit_rules = tuple(limit_rules)
+
+
+def build_schema(*, introspection: bool = True) -> MimSchema:
     """Return the service's schema; without introspection it also makes no suggestions."""
-    extensions: list[Any] = [] if introspection else [DisableIntrospection]
-    return QuietSchema(
+    rules: list[type[ASTValidationRule]] = [
+        *([] if introspection else DisableIntrospection().validation_rules),
+        QueryCost,
+        *QueryDepthLimiter(max_depth=MAX_DEPTH).validation_rules,
+        *MaxAliasesLimiter(max_alias_count=MAX_ALIASES).validation_rules,
+    ]
+    return MimSchema(
         query=Query,
         mutation=Mutation,
         config=StrawberryConfig(
             scalar_map={datetime: DateTime}, disable_field_suggestions=not introspection
         ),
         extensions=[
-            *extensions,
-            lambda: AddValidationRules([QueryCost]),
-            lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
-            lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+            lambda: AddValidationRules(rules),
             lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
             lambda: ParserCache(maxsize=CACHE_SIZE),
             lambda: ValidationCache(maxsize=CACHE_SIZE),
         ],
+        limit_rules=rules,
     )
 
 

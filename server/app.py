@@ -18,6 +18,7 @@ from strawberry.types import ExecutionResult
 from schema import MAX_TOKENS, build_schema, schema
 from schema.context import Context
 from schema.errors import INTERNAL_MESSAGE, TIMEOUT_MESSAGE, UNAVAILABLE_MESSAGE, coded_errors
+from schema.fast_path import FastPath
 from server import db, health, rest
 from server.auth import ANONYMOUS, TokenVerifier
 from server.config import Settings
@@ -28,6 +29,7 @@ log = logging.getLogger("mim.http")
 
 SETTINGS = web.AppKey("settings", Settings)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
+FAST_PATH = web.AppKey("fast_path", FastPath)
 
 UNAUTHENTICATED_BODY = json.dumps(
     {
@@ -110,15 +112,20 @@ def _coded_refusal(status: int, message: str | None) -> web.Response:
 
 
 class MimGraphQLView(GraphQLView[Context, None]):
-    def __init__(self, *, suggestions: bool, **options: Any) -> None:
+    def __init__(self, *, suggestions: bool, fast_path: FastPath | None, **options: Any) -> None:
         super().__init__(**options)
         self.suggestions = suggestions
+        self.fast_path = fast_path
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         if request.method == "POST" and request.content_type == "application/json":
-            refusal = check_body(await request.read())
+            body, refusal = read_body(await request.read())
             if refusal is not None:
                 return error_response(400, "BAD_USER_INPUT", refusal)
+            if self.fast_path is not None:
+                answer = await self.fast_path.respond(body, request.get(VIEWER, ANONYMOUS))
+                if answer is not None:
+                    return web.Response(body=answer, content_type="application/json")
         return await super().__call__(request)
 
     async def process_result(self, request: web.Request, result: ExecutionResult) -> Any:
@@ -136,19 +143,19 @@ async def _without_server_header(request: web.Request, response: web.StreamRespo
     response.headers.pop("Server", None)
 
 
-def check_body(raw: bytes) -> str | None:
-    """Return why a JSON request body cannot be a GraphQL request, or None if it may be one."""
+def read_body(raw: bytes) -> tuple[dict[str, Any], str | None]:
+    """Return a JSON request body, and why it cannot be a GraphQL request (None if it may be)."""
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):  # also invalid UTF-8 and absurd nesting
-        return "The request body is not valid JSON."
+        return {}, "The request body is not valid JSON."
     if isinstance(body, list):
-        return "Batched requests are not accepted: send one operation per request."
+        return {}, "Batched requests are not accepted: send one operation per request."
     if not isinstance(body, dict) or not isinstance(body.get("query"), str):
-        return "The request body must be a JSON object with a query string."
+        return {}, "The request body must be a JSON object with a query string."
     if body.get("operationName") is None and _operation_count(body["query"]) > 1:
-        return "The document holds several operations: name the one to run in operationName."
-    return None
+        return body, "The document holds several operations: name the one to run in operationName."
+    return body, None
 
 
 @lru_cache(maxsize=256)
@@ -178,10 +185,15 @@ def create_app(settings: Settings) -> web.Application:
     app[VERIFIER] = TokenVerifier(settings)
     app.cleanup_ctx.append(_database)
     app.on_response_prepare.append(_without_server_header)
+    served_schema = schema if settings.introspection else build_schema(introspection=False)
+    fast_path = FastPath(served_schema) if settings.fast_path else None
+    if fast_path is not None:
+        app[FAST_PATH] = fast_path
     view = MimGraphQLView(
-        schema=schema if settings.introspection else build_schema(introspection=False),
+        schema=served_schema,
         graphql_ide="graphiql" if settings.graphiql else None,
         suggestions=settings.introspection,
+        fast_path=fast_path,
     )
     app.router.add_route("GET", "/graphql", view)
     app.router.add_route("POST", "/graphql", view)

@@ -36,6 +36,8 @@ class Settings:
     jwt_leeway_seconds: int = 30
     graphiql: bool = True
     introspection: bool = True
+    # Compiled plans answer the queries they cover; off, every request takes the standard path.
+    fast_path: bool = True
     request_timeout_seconds: float = 15.0
     statement_timeout_seconds: float = 10.0
 
@@ -68,6 +70,7 @@ class Settings:
             jwt_leeway_seconds=_int(env, "MIM_JWT_LEEWAY", 30),
             graphiql=_flag(env, "MIM_GRAPHIQL", True),
             introspection=_flag(env, "MIM_INTROSPECTION", True),
+            fast_path=_flag(env, "MIM_FAST_PATH", True),
             request_timeout_seconds=_seconds(env, "MIM_REQUEST_TIMEOUT", 15.0),
             statement_timeout_seconds=_seconds(env, "MIM_STATEMENT_TIMEOUT", 10.0),
         )

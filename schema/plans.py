@@ -1,0 +1,674 @@
+"""Compiled plans: the hot read shapes answered straight from rows.
+
+The standard executor resolves a response field by field, which costs more Python per request
+than a whole scorecard's SQL. A plan is compiled once per validated (document, operation): it
+knows, for every response key, which column of which row it reads and how the scalar
+serializes, and it fetches one batch of rows per level through the same domain reads the
+resolvers use (so the visibility policy applies in the same SQL). Whatever a plan does not
+cover raises NotCovered at compile time; whatever a request needs that a plan cannot answer
+exactly as the standard executor would (an error of any kind) raises Fallback at run time. In
+both cases the standard executor answers; tests/test_fast_path.py holds the two to the same
+responses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from graphql import (
+    BooleanValueNode,
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLField,
+    GraphQLObjectType,
+    GraphQLSchema,
+    InlineFragmentNode,
+    OperationDefinitionNode,
+    OperationType,
+    SelectionSetNode,
+    Visitor,
+    visit,
+)
+from graphql.error import GraphQLError
+from graphql.execution.values import VariableValues, get_argument_values, get_variable_values
+from graphql.utilities import get_operation_ast
+
+from server import incidents, kpis, observations, policy, targets
+from server.auth import Viewer
+from server.model import Persona, Severity, Target, Visibility
+
+Row = Mapping[str, Any]
+Getter = Callable[[Any, "Run"], Any]
+
+
+class NotCovered(Exception):
+    """The document asks for something plans do not cover."""
+
+
+class Fallback(Exception):
+    """This request must be answered by the standard executor."""
+
+
+@dataclass(slots=True)
+class Run:
+    """One request's state: who asks, its variables, and the rows fetched so far."""
+
+    viewer: Viewer
+    variables: VariableValues
+    children: dict[int, dict[int, list[Row]]] = field(default_factory=dict)
+    incidents: dict[int, Row] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Shape:
+    """How to build one object of the response from its row."""
+
+    fields: list[tuple[str, Getter]] = field(default_factory=list)
+    # Fetches that must run, once per level, before objects of this shape are built.
+    prefetches: list[Callable[[Sequence[Any], Run], Awaitable[None]]] = field(default_factory=list)
+
+    def build(self, row: Any, run: Run) -> dict[str, Any]:
+        """Return the response object for a row."""
+        return {key: get(row, run) for key, get in self.fields}
+
+    async def prefetch(self, rows: Sequence[Any], run: Run) -> None:
+        """Fetch what the objects for these rows need, one statement per nested list."""
+        for fetch in self.prefetches:
+            await fetch(rows, run)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A compiled operation: run it for a viewer and variables to get the response's data."""
+
+    schema: GraphQLSchema
+    operation: OperationDefinitionNode
+    roots: list[tuple[str, Callable[[Run], Awaitable[Any]]]]
+
+    async def run(self, viewer: Viewer, variables: dict[str, Any]) -> dict[str, Any]:
+        """Return the `data` of the response, or raise Fallback."""
+        values = get_variable_values(
+            self.schema, self.operation.variable_definitions or (), variables
+        )
+        if isinstance(values, list):
+            raise Fallback("variables")
+        run = Run(viewer=viewer, variables=values)
+        return {key: await resolve(run) for key, resolve in self.roots}
+
+
+def compile_plan(schema: GraphQLSchema, document: DocumentNode, operation_name: str | None) -> Plan:
+    """Return the plan of a validated document's operation, or raise NotCovered."""
+    operation = get_operation_ast(document, operation_name)
+    if operation is None or operation.operation is not OperationType.QUERY:
+        raise NotCovered("not a query")
+    fragments = {
+        d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
+    }
+    compiler = _Compiler(schema, fragments)
+    query_type = schema.query_type
+    assert query_type is not None
+    roots = []
+    for key, nodes in compiler.collect(query_type, [operation.selection_set]).items():
+        roots.append((key, compiler.root(query_type, nodes)))
+    return Plan(schema=schema, operation=operation, roots=roots)
+
+
+# --- scalars, serialized as the schema's scalars and enums serialize them -------------------
+
+
+# Date-times stay datetime objects: the response encoder writes them as the DateTime scalar
+# does (ISO 8601; the database returns them in UTC).
+
+
+_SEVERITY = {s.value: s.name for s in Severity}
+_VISIBILITY = {v.value: v.name for v in Visibility}
+
+
+def _name(member: Any) -> str | None:
+    return None if member is None else str(member.name)
+
+
+# --- field getters, by type: name -> (columns it reads, getter for a column prefix) ----------
+
+Column = Callable[[str], Getter]
+
+
+def _column(name: str, convert: Callable[[Any], Any] | None = None) -> Column:
+    def getter(prefix: str) -> Getter:
+        column = prefix + name
+        if convert is None:
+            return lambda row, run: row[column]
+        return lambda row, run: convert(row[column])
+
+    return getter
+
+
+def _review_due(prefix: str) -> Getter:
+    reviewed, created, cadence = (prefix + c for c in kpis.REVIEW_DUE_COLUMNS)
+    return lambda row, run: kpis.review_due(row[reviewed], row[created], row[cadence])
+
+
+DEFINITION_SCALARS: dict[str, tuple[tuple[str, ...], Column]] = {
+    "slug": (("slug",), _column("slug")),
+    "name": (("name",), _column("name")),
+    "description": (("description",), _column("description")),
+    "formula": (("formula",), _column("formula")),
+    "expression": (("expression",), _column("expression")),
+    "units": (("units",), _column("units")),
+    "dataSources": (("data_sources",), _column("data_sources", kpis.json_list)),
+    "visibility": (("visibility",), _column("visibility", _VISIBILITY.__getitem__)),
+    "owner": (("owner",), _column("owner")),
+    "reviewCadence": (("review_cadence",), _column("review_cadence")),
+    "lastReviewedAt": (("last_reviewed_at",), _column("last_reviewed_at")),
+    "reviewDueAt": (kpis.REVIEW_DUE_COLUMNS, _review_due),
+    "version": (("version",), _column("version")),
+    "createdAt": (("created_at",), _column("created_at")),
+    "updatedAt": (("updated_at",), _column("updated_at")),
+}
+
+INCIDENT_SCALARS: dict[str, Getter] = {
+    "id": lambda row, run: row["key"],
+    "title": lambda row, run: row["title"],
+    "severity": lambda row, run: _SEVERITY[row["severity"]],
+    "detectedAt": lambda row, run: row["detected_at"],
+    "resolvedAt": lambda row, run: row["resolved_at"],
+}
+
+TARGET_SCALARS: dict[str, Getter] = {
+    "severity": lambda target, run: _name(target.severity),
+    "persona": lambda target, run: _name(target.persona),
+    "comparison": lambda target, run: target.comparison.name,
+    "threshold": lambda target, run: float(target.threshold),
+}
+
+OBSERVATION_SCALARS: dict[str, Getter] = {
+    "timestamp": lambda row, run: row["timestamp"],
+    "value": lambda row, run: float(row["value"]),
+    "source": lambda row, run: row["source"],
+    "confidence": lambda row, run: float(row["confidence"]),
+    "definitionVersion": lambda row, run: row["definition_version"],
+}
+
+# Each kind of incident data: its type's scalars, read from the kind's rows.
+CHILD_SCALARS: dict[str, dict[str, Getter]] = {
+    "alerts": {
+        "id": lambda row, run: str(row["id"]),
+        "issueTime": lambda row, run: row["issue_time"],
+        "source": lambda row, run: row["source"],
+    },
+    "timeline": {
+        "kind": lambda row, run: row["kind"],
+        "phase": lambda row, run: row["phase"],
+        "occurredAt": lambda row, run: row["occurred_at"],
+        "note": lambda row, run: row["note"],
+    },
+    "milestones": {
+        "name": lambda row, run: row["name"],
+        "committedEta": lambda row, run: row["committed_eta"],
+        "deliveredAt": lambda row, run: row["delivered_at"],
+    },
+    "surveyResponses": {
+        "score": lambda row, run: row["score"],
+        "submittedAt": lambda row, run: row["submitted_at"],
+    },
+}
+CHILD_KINDS = {
+    "alerts": "alerts",
+    "timeline": "timeline",
+    "milestones": "milestones",
+    "surveyResponses": "survey_responses",
+}
+
+Arguments = Callable[[Run], dict[str, Any]]
+
+
+class _Compiler:
+    def __init__(self, schema: GraphQLSchema, fragments: dict[str, FragmentDefinitionNode]):
+        self.schema = schema
+        self.fragments = fragments
+
+    # --- field collection, as the executor does it (skip/include with literals only) -------
+
+    def collect(
+        self, parent: GraphQLObjectType, selection_sets: Sequence[SelectionSetNode | None]
+    ) -> dict[str, list[FieldNode]]:
+        """Return the fields selected on `parent`, by response key, in response order."""
+        fields: dict[str, list[FieldNode]] = {}
+        visited: set[str] = set()
+
+        def walk(selection_set: SelectionSetNode) -> None:
+            for selection in selection_set.selections:
+                if not _included(selection):
+                    continue
+                if isinstance(selection, FieldNode):
+                    key = selection.alias.value if selection.alias else selection.name.value
+                    fields.setdefault(key, []).append(selection)
+                elif isinstance(selection, InlineFragmentNode):
+                    if _applies(selection.type_condition, parent):
+                        walk(selection.selection_set)
+                elif isinstance(selection, FragmentSpreadNode):
+                    name = selection.name.value
+                    if name in visited:
+                        continue
+                    visited.add(name)
+                    fragment = self.fragments[name]
+                    if _applies(fragment.type_condition, parent):
+                        walk(fragment.selection_set)
+
+        for selection_set in selection_sets:
+            if selection_set is not None:
+                walk(selection_set)
+        return fields
+
+    def subfields(
+        self, parent_name: str, nodes: Sequence[FieldNode]
+    ) -> tuple[GraphQLObjectType, dict[str, list[FieldNode]]]:
+        """Return the object type of a field and the fields selected on it."""
+        type_ = self.schema.get_type(parent_name)
+        assert isinstance(type_, GraphQLObjectType)
+        return type_, self.collect(type_, [n.selection_set for n in nodes])
+
+    def arguments(self, parent: GraphQLObjectType, nodes: Sequence[FieldNode]) -> Arguments:
+        """Return a function of the request giving the field's coerced arguments."""
+        node = nodes[0]  # validation guarantees merged fields have the same arguments
+        definition: GraphQLField = parent.fields[node.name.value]
+        if not _uses_variables(node):
+            try:
+                fixed = get_argument_values(definition, node, None)
+            except GraphQLError:
+                raise NotCovered("arguments") from None
+            return lambda run: fixed
+
+        def coerce(run: Run) -> dict[str, Any]:
+            try:
+                return get_argument_values(definition, node, run.variables)
+            except GraphQLError:
+                raise Fallback("arguments") from None
+
+        return coerce
+
+    # --- the root ---------------------------------------------------------------------------
+
+    def root(
+        self, query_type: GraphQLObjectType, nodes: list[FieldNode]
+    ) -> Callable[[Run], Awaitable[Any]]:
+        name = nodes[0].name.value
+        if name == "__typename":
+            return _constant(query_type.name)
+        if name.startswith("__"):
+            raise NotCovered("introspection")
+        args = self.arguments(query_type, nodes)
+        if name == "kpis":
+            return self._kpis(nodes, args)
+        if name == "kpi":
+            return self._kpi(nodes, args)
+        if name == "incidents":
+            return self._incidents(nodes, args)
+        if name == "incident":
+            return self._incident(nodes, args)
+        if name == "viewer":
+            return self._viewer(nodes)
+        raise NotCovered(name)
+
+    def _kpis(self, nodes: list[FieldNode], args: Arguments) -> Callable[[Run], Awaitable[Any]]:
+        shape, columns = self.definition("", nodes)
+
+        async def resolve(run: Run) -> Any:
+            visibility = args(run).get("visibility")
+            rows = await kpis.definition_rows(
+                viewer=run.viewer,
+                columns=columns,
+                visibility=None if visibility is None else Visibility(visibility),
+            )
+            return [shape.build(row, run) for row in rows]
+
+        return resolve
+
+    def _kpi(self, nodes: list[FieldNode], args: Arguments) -> Callable[[Run], Awaitable[Any]]:
+        shape, columns = self.definition("", nodes)
+
+        async def resolve(run: Run) -> Any:
+            slug = args(run)["slug"]
+            rows = await kpis.definition_rows(viewer=run.viewer, columns=columns, slugs=[slug])
+            found = [row for row in rows if row["slug"] == slug]
+            return shape.build(found[0], run) if found else None
+
+        return resolve
+
+    def _incident(self, nodes: list[FieldNode], args: Arguments) -> Callable[[Run], Awaitable[Any]]:
+        shape = self.incident(nodes)
+
+        async def resolve(run: Run) -> Any:
+            row = await incidents.key_row(viewer=run.viewer, key=str(args(run)["id"]))
+            if row is None:
+                return None
+            await shape.prefetch([row], run)
+            return shape.build(row, run)
+
+        return resolve
+
+    def _incidents(
+        self, nodes: list[FieldNode], args: Arguments
+    ) -> Callable[[Run], Awaitable[Any]]:
+        connection, fields = self.subfields("IncidentConnection", nodes)
+        plan: list[tuple[str, str, Any]] = []  # (key, field, compiled part)
+        node_shapes: list[Shape] = []
+        for key, subnodes in fields.items():
+            name = subnodes[0].name.value
+            if name == "edges":
+                edge = self.edges(subnodes)
+                node_shapes.extend(edge.node_shapes)
+                plan.append((key, name, edge.shape))
+            elif name == "pageInfo":
+                plan.append((key, name, self.page_info(subnodes)))
+            elif name in ("totalCount", "__typename"):
+                plan.append((key, name, None))
+            else:
+                raise NotCovered(name)
+
+        async def resolve(run: Run) -> Any:
+            given = args(run)
+            where = incidents.IncidentFilter(
+                severity=None if given.get("severity") is None else Severity(given["severity"]),
+                detected_from=given.get("detectedFrom"),
+                detected_to=given.get("detectedTo"),
+            )
+            first = given.get("first")
+            rows, has_next_page = await incidents.page_rows(
+                viewer=run.viewer,
+                first=20 if first is None else first,
+                after=given.get("after"),
+                where=where,
+            )
+            for shape in node_shapes:
+                await shape.prefetch(rows, run)
+            result: dict[str, Any] = {}
+            for key, name, part in plan:
+                if name == "edges":
+                    result[key] = [part.build(row, run) for row in rows]
+                elif name == "pageInfo":
+                    result[key] = part.build((rows, has_next_page), run)
+                elif name == "totalCount":
+                    result[key] = await incidents.count(viewer=run.viewer, where=where)
+                else:
+                    result[key] = connection.name
+            return result
+
+        return resolve
+
+    def _viewer(self, nodes: list[FieldNode]) -> Callable[[Run], Awaitable[Any]]:
+        type_, fields = self.subfields("Viewer", nodes)
+        getters: dict[str, Getter] = {
+            "subject": lambda viewer, run: viewer.subject,
+            "personas": lambda viewer, run: [
+                p.name for p in sorted(viewer.personas, key=list(Persona).index)
+            ],
+            "visibilities": lambda viewer, run: [
+                v.name for v in sorted(policy.visibilities(viewer), key=list(Visibility).index)
+            ],
+        }
+        shape = self.scalars(type_, fields, getters)
+
+        async def resolve(run: Run) -> Any:
+            policy.readable(run.viewer)
+            return shape.build(run.viewer, run)
+
+        return resolve
+
+    # --- object types -----------------------------------------------------------------------
+
+    def scalars(
+        self,
+        type_: GraphQLObjectType,
+        fields: dict[str, list[FieldNode]],
+        getters: Mapping[str, Getter],
+    ) -> Shape:
+        """Return the shape of a type whose selected fields are all plain getters."""
+        shape = Shape()
+        for key, subnodes in fields.items():
+            name = subnodes[0].name.value
+            if name == "__typename":
+                shape.fields.append((key, _typename(type_.name)))
+            elif name in getters:
+                shape.fields.append((key, getters[name]))
+            else:
+                raise NotCovered(name)
+        return shape
+
+    def definition(self, prefix: str, nodes: Sequence[FieldNode]) -> tuple[Shape, list[str]]:
+        """Return the shape of KpiDefinition objects and the columns it reads."""
+        type_, fields = self.subfields("KpiDefinition", nodes)
+        shape = Shape()
+        columns: dict[str, None] = {"slug": None}
+        for key, subnodes in fields.items():
+            name = subnodes[0].name.value
+            if name == "__typename":
+                shape.fields.append((key, _typename(type_.name)))
+            elif name in DEFINITION_SCALARS:
+                needs, getter = DEFINITION_SCALARS[name]
+                columns.update(dict.fromkeys(needs))
+                shape.fields.append((key, getter(prefix)))
+            elif name == "targets":
+                target_type, target_fields = self.subfields("KpiTarget", subnodes)
+                target = self.scalars(target_type, target_fields, TARGET_SCALARS)
+                columns["targets"] = None
+                shape.fields.append((key, _targets(prefix + "targets", target)))
+            else:
+                raise NotCovered(name)  # revisions, summary, series: the standard executor
+        return shape, list(columns)
+
+    def incident(self, nodes: Sequence[FieldNode]) -> Shape:
+        """Return the shape of Incident objects (rows of every incident column)."""
+        type_, fields = self.subfields("Incident", nodes)
+        shape = Shape(prefetches=[_remember_incidents])
+        for key, subnodes in fields.items():
+            name = subnodes[0].name.value
+            if name == "__typename":
+                shape.fields.append((key, _typename(type_.name)))
+            elif name in INCIDENT_SCALARS:
+                shape.fields.append((key, INCIDENT_SCALARS[name]))
+            elif name == "kpis":
+                batch = self.observations(subnodes, self.arguments(type_, subnodes))
+                shape.prefetches.append(batch.fetch)
+                shape.fields.append((key, batch.items))
+            elif name in CHILD_KINDS:
+                child_type, child_fields = self.subfields(
+                    str(_named_type(type_.fields[name]).name), subnodes
+                )
+                item = self.scalars(child_type, child_fields, CHILD_SCALARS[name])
+                batch = Batch(load=_child_loader(CHILD_KINDS[name]), shape=item)
+                shape.prefetches.append(batch.fetch)
+                shape.fields.append((key, batch.items))
+            else:
+                raise NotCovered(name)
+        return shape
+
+    def observations(self, nodes: Sequence[FieldNode], args: Arguments) -> Batch:
+        """Return the batch fetching an incident's visible observations, and their shape."""
+        type_, fields = self.subfields("KpiObservation", nodes)
+        shape = Shape()
+        columns: dict[str, None] = {}
+        for key, subnodes in fields.items():
+            name = subnodes[0].name.value
+            if name == "__typename":
+                shape.fields.append((key, _typename(type_.name)))
+            elif name in OBSERVATION_SCALARS:
+                shape.fields.append((key, OBSERVATION_SCALARS[name]))
+            elif name == "kpi":
+                definition, needs = self.definition("kpi_", subnodes)
+                columns.update(dict.fromkeys(needs))
+                shape.fields.append((key, definition.build))
+            elif name == "incident":
+                incident = self.incident(subnodes)
+                shape.prefetches.append(_parents_prefetch(incident))
+                shape.fields.append((key, _parent(incident)))
+            elif name == "meetsTarget":
+                columns["targets"] = None
+                shape.fields.append((key, _meets_target))
+            else:
+                raise NotCovered(name)
+        definition_columns = list(columns)
+
+        async def load(pks: Sequence[int], run: Run) -> Sequence[Row]:
+            slugs = args(run).get("slugs")
+            return await observations.rows_for_incidents(
+                viewer=run.viewer, pks=pks, slugs=slugs, definition_columns=definition_columns
+            )
+
+        return Batch(load=load, shape=shape)
+
+    def edges(self, nodes: Sequence[FieldNode]) -> _Edges:
+        type_, fields = self.subfields("IncidentEdge", nodes)
+        shape = Shape()
+        node_shapes = []
+        for key, subnodes in fields.items():
+            name = subnodes[0].name.value
+            if name == "__typename":
+                shape.fields.append((key, _typename(type_.name)))
+            elif name == "cursor":
+                shape.fields.append((key, _cursor))
+            elif name == "node":
+                node = self.incident(subnodes)
+                node_shapes.append(node)
+                shape.fields.append((key, node.build))
+            else:
+                raise NotCovered(name)
+        return _Edges(shape=shape, node_shapes=node_shapes)
+
+    def page_info(self, nodes: Sequence[FieldNode]) -> Shape:
+        type_, fields = self.subfields("PageInfo", nodes)
+        getters: dict[str, Getter] = {
+            "hasNextPage": lambda page, run: page[1],
+            "endCursor": lambda page, run: _cursor(page[0][-1], run) if page[0] else None,
+        }
+        return self.scalars(type_, fields, getters)
+
+
+@dataclass(frozen=True, slots=True)
+class _Edges:
+    shape: Shape
+    node_shapes: list[Shape]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Batch:
+    """A nested list under incidents: one statement for every incident of a level."""
+
+    load: Callable[[Sequence[int], Run], Awaitable[Sequence[Row]]]
+    shape: Shape
+
+    async def fetch(self, parents: Sequence[Row], run: Run) -> None:
+        """Fetch the items of every parent, grouped by parent, then what the items need."""
+        pks = list(dict.fromkeys(p["id"] for p in parents))
+        grouped: dict[int, list[Row]] = {pk: [] for pk in pks}
+        rows = await self.load(pks, run) if pks else []
+        for row in rows:
+            grouped[row["incident"]].append(row)
+        run.children[id(self)] = grouped
+        await self.shape.prefetch(rows, run)
+
+    def items(self, parent: Row, run: Run) -> list[dict[str, Any]]:
+        """Return the response objects of one parent's items."""
+        build = self.shape.build
+        return [build(row, run) for row in run.children[id(self)][parent["id"]]]
+
+
+def _child_loader(kind: str) -> Callable[[Sequence[int], Run], Awaitable[Sequence[Row]]]:
+    async def load(pks: Sequence[int], run: Run) -> Sequence[Row]:
+        return await incidents.child_rows(viewer=run.viewer, kind=kind, pks=pks)
+
+    return load
+
+
+async def _remember_incidents(rows: Sequence[Row], run: Run) -> None:
+    for row in rows:
+        run.incidents[row["id"]] = row
+
+
+def _parents_prefetch(incident: Shape) -> Callable[[Sequence[Row], Run], Awaitable[None]]:
+    async def prefetch(rows: Sequence[Row], run: Run) -> None:
+        parents = {row["incident"]: run.incidents[row["incident"]] for row in rows}
+        await incident.prefetch(list(parents.values()), run)
+
+    return prefetch
+
+
+def _parent(incident: Shape) -> Getter:
+    return lambda row, run: incident.build(run.incidents[row["incident"]], run)
+
+
+def _meets_target(row: Row, run: Run) -> bool | None:
+    target = targets.applicable(
+        kpis.target_list(row["kpi_targets"]),
+        severity=Severity(run.incidents[row["incident"]]["severity"]),
+        personas=run.viewer.personas,
+    )
+    return targets.meets(target, row["value"])
+
+
+def _targets(column: str, shape: Shape) -> Getter:
+    def get(row: Row, run: Run) -> list[dict[str, Any]]:
+        found: tuple[Target, ...] = kpis.target_list(row[column])
+        return [shape.build(target, run) for target in found]
+
+    return get
+
+
+def _cursor(row: Row, run: Run) -> str:
+    return incidents.cursor_for(row["detected_at"], row["id"])
+
+
+def _typename(name: str) -> Getter:
+    return lambda row, run: name
+
+
+def _constant(value: Any) -> Callable[[Run], Awaitable[Any]]:
+    async def resolve(run: Run) -> Any:
+        return value
+
+    return resolve
+
+
+def _named_type(definition: GraphQLField) -> Any:
+    type_: Any = definition.type
+    while hasattr(type_, "of_type"):
+        type_ = type_.of_type
+    return type_
+
+
+def _included(selection: Any) -> bool:
+    included = True
+    for directive in selection.directives or ():
+        name = directive.name.value
+        if name not in ("skip", "include"):
+            raise NotCovered(f"@{name}")
+        (argument,) = directive.arguments
+        if not isinstance(argument.value, BooleanValueNode):
+            raise NotCovered(f"@{name} with a variable")
+        if argument.value.value == (name == "skip"):
+            included = False
+    return included
+
+
+def _applies(condition: Any, parent: GraphQLObjectType) -> bool:
+    return condition is None or condition.name.value == parent.name
+
+
+class _VariableFinder(Visitor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.found = False
+
+    def enter_variable(self, *_: Any) -> None:
+        self.found = True
+
+
+def _uses_variables(node: FieldNode) -> bool:
+    finder = _VariableFinder()
+    for argument in node.arguments or ():
+        visit(argument, finder)
+    return finder.found
