@@ -11,6 +11,7 @@ import logging
 import math
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,10 @@ JWKS_COOLDOWN_SECONDS = 30.0
 # A fetched key set is trusted this long; a key the provider drops stops working after it.
 JWKS_LIFESPAN_SECONDS = 300.0
 JWKS_TIMEOUT_SECONDS = 5.0
+# How long a verified token's viewer is reused before its signature is checked again, and how
+# many such tokens are remembered (least recently used first out).
+VERIFIED_TOKEN_SECONDS = 60.0
+VERIFIED_TOKENS = 4096
 
 _RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 _EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
@@ -76,6 +81,8 @@ class JwksKeys:
             raise ConfigError(f"MIM_JWT_JWKS_URL: {error}") from None
         self._lock = asyncio.Lock()
         self._last_fetch: float | None = None
+        # Counts fetches: what was verified with an older key set is verified again.
+        self.generation = 0
 
     async def signing_key(self, kid: str) -> jwt.PyJWK:
         """Return the signing key `kid` names, refetching the set if the cool-down allows."""
@@ -98,6 +105,7 @@ class JwksKeys:
             if self._last_fetch is not None and now - self._last_fetch < self.cooldown:
                 return self._cached()
             self._last_fetch = now
+            self.generation += 1
             return await asyncio.to_thread(self._fetch)
 
     def _fetch(self) -> jwt.PyJWKSet | None:
@@ -132,6 +140,8 @@ class TokenVerifier:
         self._settings = settings
         self.jwks: JwksKeys | None = None
         self._key: Any = None
+        # Tokens verified lately -> (viewer, until when the answer stands, key set generation).
+        self._verified: OrderedDict[str, tuple[Viewer, float, int]] = OrderedDict()
         sources = [settings.jwt_secret, settings.jwt_public_key, settings.jwt_jwks_url]
         if sum(1 for source in sources if source) != 1:
             raise ConfigError("configure exactly one of a secret, a public key or a JWKS URL")
@@ -153,12 +163,33 @@ class TokenVerifier:
     async def viewer(self, authorization: str | None) -> Viewer:
         """Return the Viewer an `Authorization` header proves, or raise Unauthenticated."""
         token = bearer_token(authorization)
+        now = time.time()
+        known = self._verified.get(token)
+        if known is not None:
+            if now < known[1] and known[2] == self._key_generation():
+                self._verified.move_to_end(token)
+                return known[0]
+            del self._verified[token]
         header = unverified_header(token)
         check_header(header, self._algorithms)
         key = await self._signing_key(header)
         claims = self._decode(token, key)
         personas = parse_personas(claim_at(claims, self._settings.jwt_persona_claim))
-        return Viewer(subject=claims["sub"], personas=personas)
+        viewer = Viewer(subject=claims["sub"], personas=personas)
+        self._remember(token, viewer, claims["exp"] + self._settings.jwt_leeway_seconds, now)
+        return viewer
+
+    def _key_generation(self) -> int:
+        return self.jwks.generation if self.jwks is not None else 0
+
+    def _remember(self, token: str, viewer: Viewer, expires: float, now: float) -> None:
+        # A dashboard sends the same token with every request; verifying the signature once a
+        # minute is enough. The answer never outlives the token's own expiry (with the leeway
+        # the decoder allows) nor a refetch of the key set, and refusals are never remembered.
+        until = min(expires, now + VERIFIED_TOKEN_SECONDS)
+        self._verified[token] = (viewer, until, self._key_generation())
+        if len(self._verified) > VERIFIED_TOKENS:
+            self._verified.popitem(last=False)
 
     async def _signing_key(self, header: Mapping[str, Any]) -> Any:
         if self.jwks is None:

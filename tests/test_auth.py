@@ -5,6 +5,7 @@ Real HTTP through aiohttp's TestClient, real signed tokens (HS256, RS256, ES256)
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -22,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from server.app import create_app
-from server.auth import MAX_TOKEN_BYTES, TokenVerifier
+from server.auth import MAX_TOKEN_BYTES, VERIFIED_TOKENS, TokenVerifier
 from server.config import ConfigError, Settings
 from tests.conftest import COUNTS, ENV, TEST_SECRET, make_token
 
@@ -326,6 +327,52 @@ def shifted(claim: str, seconds: int) -> dict[str, Any]:
     """Return valid claims with `claim` set `seconds` from now (exp keeps nothing else late)."""
     now = int(time.time())
     return claims(**{claim: now + seconds})
+
+
+# --- verified tokens are remembered, never beyond their expiry ---------------------------------
+
+
+@pytest.fixture
+async def no_leeway_client() -> AsyncIterator[TestClient]:
+    settings = Settings.from_env({**ENV, "MIM_JWT_LEEWAY": "0"})
+    async with TestClient(TestServer(create_app(settings))) as test_client:
+        yield test_client
+
+
+async def test_remembered_token_is_refused_once_it_expires(no_leeway_client: TestClient) -> None:
+    expires = int(time.time()) + 2
+    token = hmac_signed(claims(exp=expires))
+    body = await graphql_viewer(no_leeway_client, token)
+    assert body["data"]["viewer"]["subject"] == "tester"
+    while time.time() < expires + 0.05:
+        await asyncio.sleep(0.05)
+    response = await call(no_leeway_client, "post-graphql", bearer(token))
+    await assert_unauthenticated(no_leeway_client, response)
+
+
+async def test_remembered_token_with_another_signature_is_refused(client: TestClient) -> None:
+    token = hmac_signed(claims())
+    assert (await graphql_viewer(client, token))["data"]["viewer"]["subject"] == "tester"
+    head, payload, _ = token.split(".")
+    forged = f"{head}.{payload}.{b64url(b'not the signature')}"
+    for path in PATHS:
+        response = await call(client, path, bearer(forged))
+        await assert_unauthenticated(client, response, path)
+
+
+def test_verifier_forgets_the_least_recently_used_tokens_beyond_its_bound(
+    settings: Settings,
+) -> None:
+    verifier = TokenVerifier(settings)
+    tokens = [make_token("exec", sub=f"user-{n}") for n in range(VERIFIED_TOKENS + 10)]
+
+    async def verify_all() -> None:
+        for token in tokens:
+            await verifier.viewer(f"Bearer {token}")
+
+    asyncio.run(verify_all())
+    assert len(verifier._verified) == VERIFIED_TOKENS
+    assert tokens[0] not in verifier._verified and tokens[-1] in verifier._verified
 
 
 @pytest.mark.parametrize(
