@@ -46,16 +46,32 @@ async def _migrate() -> None:
         raise click.ClickException(response.message or "migration failed")
 
 
+MAX_WORKERS = 64
+
+
 @main.command()
 @click.option("--host", default=None, help="Listen address (default MIM_HOST or 127.0.0.1).")
 @click.option("--port", default=None, type=int, help="Port (default MIM_PORT or 8080).")
-def serve(host: str | None, port: int | None) -> None:
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, MAX_WORKERS),
+    help="Server processes sharing the port (SO_REUSEPORT); 1 serves in this process. With more, "
+    "this process supervises them: SIGINT or SIGTERM stops them all and exits 0; if one exits, "
+    "it stops the others and exits 1.",
+)
+def serve(host: str | None, port: int | None, workers: int) -> None:
     """Serve GraphQL, the REST mirror and health checks."""
+    settings = _settings()
+    if workers > 1:
+        _serve_workers(settings, host or settings.host, port or settings.port, workers)
+        return
     from aiohttp import web
 
     from server.app import create_app
+    from server.workers import ACCESS_LOG_FORMAT
 
-    settings = _settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         app = create_app(settings)
@@ -65,8 +81,28 @@ def serve(host: str | None, port: int | None) -> None:
         app,
         host=host or settings.host,
         port=port or settings.port,
-        access_log_format='%a "%r" %s %b %Tf',
+        access_log_format=ACCESS_LOG_FORMAT,
     )
+
+
+def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> None:
+    from server import workers as pool
+    from server.auth import TokenVerifier
+
+    if port == 0:
+        raise click.UsageError("--workers needs a fixed port: each worker would pick its own")
+    logging.basicConfig(level=logging.INFO, format=pool.log_format("supervisor"))
+    try:
+        TokenVerifier(settings)  # a key set-up the service refuses is refused once, here
+        pool.check_address(host, port)
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    except OSError as error:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {error}") from None
+    try:
+        pool.serve(settings, host=host, port=port, workers=workers)
+    except pool.WorkerFailed as error:
+        raise click.ClickException(f"{error}; stopped the other workers") from None
 
 
 @main.command()
