@@ -142,7 +142,17 @@ async def _open(statement_timeout_seconds: float) -> None:
             max_size=10,
             timeout=CONNECT_TIMEOUT,
             server_settings={"statement_timeout": str(int(statement_timeout_seconds * 1000))},
+            reset=keep_session,
         )
+
+
+async def keep_session(connection: asyncpg.Connection) -> None:
+    """Release a pooled connection without asyncpg's reset query (one round trip per statement).
+
+    The service keeps no session state: no session-level SET (the statement timeout is a
+    connection setting), no advisory lock, no LISTEN, no cursor held past its transaction.
+    asyncpg still rolls back a transaction left open before it calls this.
+    """
 
 
 async def close_engine() -> None:
