@@ -26,8 +26,9 @@ def coded(error: GraphQLError) -> GraphQLError:
         return _with_code(error, "TIMEOUT", TIMEOUT_MESSAGE)
     if db.is_transient(original):
         return _with_code(error, "UNAVAILABLE", UNAVAILABLE_MESSAGE, retryable=True)
-    if error.path is None:
-        # Raised before execution: the document or its variables are invalid.
+    if error.path is None or _is_input_error(original):
+        # Raised before execution (the document or its variables are invalid), or by the
+        # executor itself over the request's input (a null for a directive's `if`).
         return _with_code(error, "BAD_USER_INPUT", error.message)
     return _with_code(error, "INTERNAL", INTERNAL_MESSAGE)
 
@@ -46,12 +47,19 @@ def _with_code(
     )
 
 
+def _is_input_error(original: BaseException | None) -> bool:
+    # graphql-core's own errors over the request point at its nodes (an argument, a variable);
+    # those it raises over a value the service returned (a scalar that cannot serialize) do not.
+    return isinstance(original, GraphQLError) and bool(original.nodes)
+
+
 def is_unexpected(error: GraphQLError) -> bool:
     """Return whether an error is a fault of the service rather than of the request."""
     original = error.original_error
     return (
         error.path is not None
         and not isinstance(original, AppError)
+        and not _is_input_error(original)
         and not db.is_transient(original)
         and not db.is_timeout(original)
     )

@@ -125,7 +125,9 @@ class MimGraphQLView(GraphQLView[Context, None]):
             if self.fast_path is not None:
                 answer = await self.fast_path.respond(body, request.get(VIEWER, ANONYMOUS))
                 if answer is not None:
-                    return web.Response(body=answer, content_type="application/json")
+                    return web.Response(
+                        body=answer, content_type="application/json", charset="utf-8"
+                    )
         return await super().__call__(request)
 
     async def process_result(self, request: web.Request, result: ExecutionResult) -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from graphql import GraphQLError
+from graphql import GraphQLError, parse
 
 from schema.errors import INTERNAL_MESSAGE, coded
 from server.errors import BadInput, Conflict, Forbidden
@@ -19,6 +19,20 @@ def test_unexpected_exception_in_a_resolver_is_masked_as_internal() -> None:
     assert shown.message == INTERNAL_MESSAGE
     assert shown.extensions == {"code": "INTERNAL"}
     assert shown.original_error is None
+
+
+def test_a_value_the_service_cannot_serialize_is_masked_as_internal() -> None:
+    raised = GraphQLError("Float cannot represent non numeric value: nan")
+    shown = coded(GraphQLError(raised.message, path=["kpis", 0, "value"], original_error=raised))
+    assert (shown.message, shown.extensions) == (INTERNAL_MESSAGE, {"code": "INTERNAL"})
+
+
+def test_executor_error_over_a_variable_is_bad_user_input() -> None:
+    variable = parse("query ($no: Boolean) { viewer { subject @skip(if: $no) } }")
+    node = variable.definitions[0].variable_definitions[0].variable  # type: ignore[attr-defined]
+    raised = GraphQLError("Argument 'if' has invalid value", node)
+    shown = coded(GraphQLError(raised.message, path=["viewer"], original_error=raised))
+    assert (shown.message, shown.extensions) == (raised.message, {"code": "BAD_USER_INPUT"})
 
 
 def test_service_errors_keep_their_message_and_code() -> None:
