@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from collections.abc import Coroutine
 from datetime import UTC, datetime
@@ -11,6 +10,7 @@ from typing import Any
 
 import click
 
+from server import logs
 from server.auth import Viewer
 from server.config import ConfigError, Settings
 from server.model import Persona
@@ -72,7 +72,7 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
     from server.app import create_app
     from server.workers import ACCESS_LOG_FORMAT
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure("%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         app = create_app(settings)
     except ConfigError as error:
@@ -91,7 +91,7 @@ def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> No
 
     if port == 0:
         raise click.UsageError("--workers needs a fixed port: each worker would pick its own")
-    logging.basicConfig(level=logging.INFO, format=pool.log_format("supervisor"))
+    logs.configure(pool.log_format("supervisor"))
     try:
         TokenVerifier(settings)  # a key set-up the service refuses is refused once, here
         pool.check_address(host, port)

@@ -186,9 +186,10 @@ def worker_main() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     number, status_fd = int(sys.argv[1]), int(sys.argv[2])
     settings, host, port = pickle.load(sys.stdin.buffer)
-    logging.basicConfig(level=logging.INFO, format=log_format(f"worker {number}"))
-
+    from server import logs
     from server.app import create_app
+
+    logs.configure(log_format(f"worker {number}"))
 
     app = create_app(settings)
     asyncio.run(_serve_worker(app, settings, host=host, port=port, status_fd=status_fd))
