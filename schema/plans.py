@@ -63,22 +63,89 @@ class Run:
     incidents: dict[int, Row] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
+class Column:
+    """A field read straight from a column of the row (`float`: as the Float scalar writes)."""
+
+    name: str
+    float: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Constant:
+    """A field with the same value in every object (`__typename`)."""
+
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Inline:
+    """An object field built from the same row (an observation's `kpi`)."""
+
+    shape: Shape
+
+
+Field = Getter | Column | Constant | Inline
+
+
 class Shape:
-    """How to build one object of the response from its row."""
+    """How to build one object of the response from its row.
 
-    fields: list[tuple[str, Getter]] = field(default_factory=list)
-    # Fetches that must run, once per level, before objects of this shape are built.
-    prefetches: list[Callable[[Sequence[Any], Run], Awaitable[None]]] = field(default_factory=list)
+    Once its fields are known, `seal()` turns them into one generated function that builds the
+    whole object (inline objects included) with no call per field: the plan's hot loop.
+    """
 
-    def build(self, row: Any, run: Run) -> dict[str, Any]:
-        """Return the response object for a row."""
-        return {key: get(row, run) for key, get in self.fields}
+    def __init__(self, prefetches: Sequence[Callable[[Sequence[Any], Run], Awaitable[None]]] = ()):
+        self.fields: list[tuple[str, Field]] = []
+        # Fetches that must run, once per level, before objects of this shape are built.
+        self.prefetches = list(prefetches)
+        self.build: Callable[[Any, Run], dict[str, Any]] = _unsealed
+
+    def seal(self) -> Shape:
+        """Generate the builder; return the shape."""
+        self.build = _builder(self.fields)
+        return self
 
     async def prefetch(self, rows: Sequence[Any], run: Run) -> None:
         """Fetch what the objects for these rows need, one statement per nested list."""
         for fetch in self.prefetches:
             await fetch(rows, run)
+
+
+def _unsealed(row: Any, run: Run) -> dict[str, Any]:
+    raise RuntimeError("a shape was used before it was sealed")
+
+
+def _builder(fields: Sequence[tuple[str, Field]]) -> Callable[[Any, Run], dict[str, Any]]:
+    """Return `build(row, run)` for these fields, as generated source.
+
+    Only trusted text reaches the source: response keys and column names are written as Python
+    string literals (repr), and every value or function is passed in the namespace by name.
+    """
+    namespace: dict[str, Any] = {}
+    source = f"def build(row, run):\n    return {_object_source(fields, namespace)}\n"
+    exec(compile(source, "<plan>", "exec"), namespace)
+    built: Callable[[Any, Run], dict[str, Any]] = namespace["build"]
+    return built
+
+
+def _object_source(fields: Sequence[tuple[str, Field]], namespace: dict[str, Any]) -> str:
+    items = (f"{key!r}: {_value_source(get, namespace)}" for key, get in fields)
+    return "{" + ", ".join(items) + "}"
+
+
+def _value_source(get: Field, namespace: dict[str, Any]) -> str:
+    if isinstance(get, Column):
+        read = f"row[{get.name!r}]"
+        return f"float({read})" if get.float else read
+    if isinstance(get, Inline):
+        return _object_source(get.shape.fields, namespace)
+    name = f"_{len(namespace)}"
+    if isinstance(get, Constant):
+        namespace[name] = get.value
+        return name
+    namespace[name] = get
+    return f"{name}(row, run)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,14 +201,14 @@ def _name(member: Any) -> str | None:
 
 # --- field getters, by type: name -> (columns it reads, getter for a column prefix) ----------
 
-Column = Callable[[str], Getter]
+ColumnAt = Callable[[str], Field]  # a field of a definition, given the prefix of its columns
 
 
-def _column(name: str, convert: Callable[[Any], Any] | None = None) -> Column:
-    def getter(prefix: str) -> Getter:
+def _column(name: str, convert: Callable[[Any], Any] | None = None) -> ColumnAt:
+    def getter(prefix: str) -> Field:
         column = prefix + name
         if convert is None:
-            return lambda row, run: row[column]
+            return Column(column)
         return lambda row, run: convert(row[column])
 
     return getter
@@ -152,7 +219,7 @@ def _review_due(prefix: str) -> Getter:
     return lambda row, run: kpis.review_due(row[reviewed], row[created], row[cadence])
 
 
-DEFINITION_SCALARS: dict[str, tuple[tuple[str, ...], Column]] = {
+DEFINITION_SCALARS: dict[str, tuple[tuple[str, ...], ColumnAt]] = {
     "slug": (("slug",), _column("slug")),
     "name": (("name",), _column("name")),
     "description": (("description",), _column("description")),
@@ -170,12 +237,12 @@ DEFINITION_SCALARS: dict[str, tuple[tuple[str, ...], Column]] = {
     "updatedAt": (("updated_at",), _column("updated_at")),
 }
 
-INCIDENT_SCALARS: dict[str, Getter] = {
-    "id": lambda row, run: row["key"],
-    "title": lambda row, run: row["title"],
+INCIDENT_SCALARS: dict[str, Field] = {
+    "id": Column("key"),
+    "title": Column("title"),
     "severity": lambda row, run: _SEVERITY[row["severity"]],
-    "detectedAt": lambda row, run: row["detected_at"],
-    "resolvedAt": lambda row, run: row["resolved_at"],
+    "detectedAt": Column("detected_at"),
+    "resolvedAt": Column("resolved_at"),
 }
 
 TARGET_SCALARS: dict[str, Getter] = {
@@ -185,35 +252,35 @@ TARGET_SCALARS: dict[str, Getter] = {
     "threshold": lambda target, run: float(target.threshold),
 }
 
-OBSERVATION_SCALARS: dict[str, Getter] = {
-    "timestamp": lambda row, run: row["timestamp"],
-    "value": lambda row, run: float(row["value"]),
-    "source": lambda row, run: row["source"],
-    "confidence": lambda row, run: float(row["confidence"]),
-    "definitionVersion": lambda row, run: row["definition_version"],
+OBSERVATION_SCALARS: dict[str, Field] = {
+    "timestamp": Column("timestamp"),
+    "value": Column("value", float=True),
+    "source": Column("source"),
+    "confidence": Column("confidence", float=True),
+    "definitionVersion": Column("definition_version"),
 }
 
 # Each kind of incident data: its type's scalars, read from the kind's rows.
-CHILD_SCALARS: dict[str, dict[str, Getter]] = {
+CHILD_SCALARS: dict[str, dict[str, Field]] = {
     "alerts": {
         "id": lambda row, run: str(row["id"]),
-        "issueTime": lambda row, run: row["issue_time"],
-        "source": lambda row, run: row["source"],
+        "issueTime": Column("issue_time"),
+        "source": Column("source"),
     },
     "timeline": {
-        "kind": lambda row, run: row["kind"],
-        "phase": lambda row, run: row["phase"],
-        "occurredAt": lambda row, run: row["occurred_at"],
-        "note": lambda row, run: row["note"],
+        "kind": Column("kind"),
+        "phase": Column("phase"),
+        "occurredAt": Column("occurred_at"),
+        "note": Column("note"),
     },
     "milestones": {
-        "name": lambda row, run: row["name"],
-        "committedEta": lambda row, run: row["committed_eta"],
-        "deliveredAt": lambda row, run: row["delivered_at"],
+        "name": Column("name"),
+        "committedEta": Column("committed_eta"),
+        "deliveredAt": Column("delivered_at"),
     },
     "surveyResponses": {
-        "score": lambda row, run: row["score"],
-        "submittedAt": lambda row, run: row["submitted_at"],
+        "score": Column("score"),
+        "submittedAt": Column("submitted_at"),
     },
 }
 CHILD_KINDS = {
@@ -425,7 +492,7 @@ class _Compiler:
         self,
         type_: GraphQLObjectType,
         fields: dict[str, list[FieldNode]],
-        getters: Mapping[str, Getter],
+        getters: Mapping[str, Field],
     ) -> Shape:
         """Return the shape of a type whose selected fields are all plain getters."""
         shape = Shape()
@@ -437,7 +504,7 @@ class _Compiler:
                 shape.fields.append((key, getters[name]))
             else:
                 raise NotCovered(name)
-        return shape
+        return shape.seal()
 
     def definition(self, prefix: str, nodes: Sequence[FieldNode]) -> tuple[Shape, list[str]]:
         """Return the shape of KpiDefinition objects and the columns it reads."""
@@ -459,7 +526,7 @@ class _Compiler:
                 shape.fields.append((key, _targets(prefix + "targets", target)))
             else:
                 raise NotCovered(name)  # revisions, summary, series: the standard executor
-        return shape, list(columns)
+        return shape.seal(), list(columns)
 
     def incident(self, nodes: Sequence[FieldNode]) -> Shape:
         """Return the shape of Incident objects (rows of every incident column)."""
@@ -485,7 +552,7 @@ class _Compiler:
                 shape.fields.append((key, batch.items))
             else:
                 raise NotCovered(name)
-        return shape
+        return shape.seal()
 
     def observations(self, nodes: Sequence[FieldNode], args: Arguments) -> Batch:
         """Return the batch fetching an incident's visible observations, and their shape."""
@@ -501,7 +568,7 @@ class _Compiler:
             elif name == "kpi":
                 definition, needs = self.definition("kpi_", subnodes)
                 columns.update(dict.fromkeys(needs))
-                shape.fields.append((key, definition.build))
+                shape.fields.append((key, Inline(definition)))
             elif name == "incident":
                 incident = self.incident(subnodes)
                 shape.prefetches.append(_parents_prefetch(incident))
@@ -519,7 +586,7 @@ class _Compiler:
                 viewer=run.viewer, pks=pks, slugs=slugs, definition_columns=definition_columns
             )
 
-        return Batch(load=load, shape=shape)
+        return Batch(load=load, shape=shape.seal())
 
     def edges(self, nodes: Sequence[FieldNode]) -> _Edges:
         type_, fields = self.subfields("IncidentEdge", nodes)
@@ -537,7 +604,7 @@ class _Compiler:
                 shape.fields.append((key, node.build))
             else:
                 raise NotCovered(name)
-        return _Edges(shape=shape, node_shapes=node_shapes)
+        return _Edges(shape=shape.seal(), node_shapes=node_shapes)
 
     def page_info(self, nodes: Sequence[FieldNode]) -> Shape:
         type_, fields = self.subfields("PageInfo", nodes)
@@ -622,8 +689,8 @@ def _cursor(row: Row, run: Run) -> str:
     return incidents.cursor_for(row["detected_at"], row["id"])
 
 
-def _typename(name: str) -> Getter:
-    return lambda row, run: name
+def _typename(name: str) -> Constant:
+    return Constant(name)
 
 
 def _constant(value: Any) -> Callable[[Run], Awaitable[Any]]:
