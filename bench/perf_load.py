@@ -234,6 +234,7 @@ class Target:
     port: int
     workers: int
     log: Path
+    tuned: bool = False  # baselines: orjson and no pool reset query, as the service has
     proc: subprocess.Popen[bytes] | None = None
     seen: set[int] = field(default_factory=set)  # every process of the target seen running
 
@@ -247,7 +248,9 @@ class Target:
             workers = ["--workers", str(self.workers)] if self.workers > 1 else []
             return [str(ROOT / ".venv/bin/mim"), "serve", "--host", HOST, *port, *workers]
         json_in_postgres = ["--json-in-postgres"] if self.kind == "baseline-json" else []
-        return [sys.executable, str(ROOT / "bench/perf_baseline.py"), *port, *json_in_postgres]
+        tuned = ["--tuned"] if self.tuned else []
+        baseline = str(ROOT / "bench/perf_baseline.py")
+        return [sys.executable, baseline, *port, *json_in_postgres, *tuned]
 
     def pids(self) -> list[int]:
         pids = process_tree(self.proc.pid) if self.proc else []
@@ -261,7 +264,9 @@ class Target:
             return ""
 
 
-def plan_targets(names: list[str], workers: list[int], base_port: int, logs: Path) -> list[Target]:
+def plan_targets(
+    names: list[str], workers: list[int], base_port: int, logs: Path, tuned: bool = False
+) -> list[Target]:
     """Service (first worker count) on base_port, baselines on +1 and +2, more services after."""
     out = []
     for kind in names:
@@ -272,7 +277,7 @@ def plan_targets(names: list[str], workers: list[int], base_port: int, logs: Pat
                 out.append(Target(name, kind, port, count, logs / f"{name}.log"))
         else:
             port = base_port + TARGETS.index(kind)
-            out.append(Target(kind, kind, port, 1, logs / f"{kind}.log"))
+            out.append(Target(kind, kind, port, 1, logs / f"{kind}.log", tuned=tuned))
     return out
 
 
@@ -951,6 +956,7 @@ def run_header(args: argparse.Namespace) -> dict[str, Any]:
         "duration": args.duration,
         "soak": args.soak,
         "workers": args.workers,
+        "tuned_baselines": args.tuned_baselines,
         "database": args.database_url,
     }
 
@@ -970,7 +976,8 @@ def print_header(h: dict[str, Any]) -> None:
         f"{h['date']}  nproc {h['nproc']}  load average at start {load}  commit {version(h)}  "
         f"Python {h['python']}\n{h['connections']} connections from {h['drivers']} driver "
         f"process(es), {plan}; service workers {','.join(map(str, h['workers']))}"
-        + "".join(f"; {k}={v}" for k, v in h["service_env"].items()),
+        + "".join(f"; {k}={v}" for k, v in h["service_env"].items())
+        + ("; baselines tuned (orjson, no pool reset query)" if h.get("tuned_baselines") else ""),
         flush=True,
     )
 
@@ -1089,6 +1096,11 @@ def parse_args() -> argparse.Namespace:
     add("--soak-interval", type=float, default=5.0, metavar="S", help="RSS sample period")
     add("--soak-warmup", type=float, metavar="S", help="before the start RSS [min(300, soak/3)]")
     add("--keep-logs", action="store_true", help="keep the servers' log files")
+    add(
+        "--tuned-baselines",
+        action="store_true",
+        help="baselines with orjson and no pool reset query, as the service has",
+    )
     args = parser.parse_args()
     args.queries = args.queries.split(",")
     args.targets = args.targets.split(",")
@@ -1125,7 +1137,7 @@ def main() -> None:
     header = run_header(args)
     print_header(header)
     logs = Path(tempfile.mkdtemp(prefix="perf_load-"))
-    targets = plan_targets(args.targets, args.workers, args.base_port, logs)
+    targets = plan_targets(args.targets, args.workers, args.base_port, logs, args.tuned_baselines)
     started = list(targets)  # prepare() drops a target that could not start; all get stopped
     busy = [f"{t.port} ({t.name}): {user}" for t in targets if (user := port_user(t.port))]
     if busy:
