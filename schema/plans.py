@@ -4,7 +4,8 @@ The standard executor resolves a response field by field, which costs more Pytho
 than a whole scorecard's SQL. A plan is compiled once per validated (document, operation): it
 knows, for every response key, which column of which row it reads and how the scalar
 serializes, and it fetches one batch of rows per level through the same domain reads the
-resolvers use (so the visibility policy applies in the same SQL). Whatever a plan does not
+resolvers use (so the visibility policy applies in the same SQL). Each object shape becomes one
+generated function that builds the object from its row (see Shape.seal). Whatever a plan does not
 cover raises NotCovered at compile time; whatever a request needs that a plan cannot answer
 exactly as the standard executor would (an error of any kind) raises Fallback at run time. In
 both cases the standard executor answers; tests/test_fast_path.py holds the two to the same
