@@ -100,6 +100,7 @@ class Shape:
         self.fields: list[tuple[str, Field]] = []
         # Fetches that must run, once per level, before objects of this shape are built.
         self.prefetches = list(prefetches)
+        self.batches: list[Batch] = []  # the nested lists among them
         self.build: Callable[[Any, Run], dict[str, Any]] = _unsealed
 
     def seal(self) -> Shape:
@@ -409,6 +410,8 @@ class _Compiler:
 
     def _incident(self, nodes: list[FieldNode], args: Arguments) -> Callable[[Run], Awaitable[Any]]:
         shape = self.incident(nodes)
+        if len(shape.batches) == 1 and shape.batches[0].with_parent is not None:
+            return _incident_with_its_list(shape, shape.batches[0], args)
 
         async def resolve(run: Run) -> Any:
             row = await incidents.key_row(viewer=run.viewer, key=str(args(run)["id"]))
@@ -541,6 +544,7 @@ class _Compiler:
                 shape.fields.append((key, INCIDENT_SCALARS[name]))
             elif name == "kpis":
                 batch = self.observations(subnodes, self.arguments(type_, subnodes))
+                shape.batches.append(batch)
                 shape.prefetches.append(batch.fetch)
                 shape.fields.append((key, batch.items))
             elif name in CHILD_KINDS:
@@ -549,6 +553,7 @@ class _Compiler:
                 )
                 item = self.scalars(child_type, child_fields, CHILD_SCALARS[name])
                 batch = Batch(load=_child_loader(CHILD_KINDS[name]), shape=item)
+                shape.batches.append(batch)
                 shape.prefetches.append(batch.fetch)
                 shape.fields.append((key, batch.items))
             else:
@@ -587,7 +592,15 @@ class _Compiler:
                 viewer=run.viewer, pks=pks, slugs=slugs, definition_columns=definition_columns
             )
 
-        return Batch(load=load, shape=shape.seal())
+        async def with_parent(key: str, run: Run) -> tuple[Row | None, list[Row]]:
+            return await observations.incident_with_observations(
+                viewer=run.viewer,
+                key=key,
+                slugs=args(run).get("slugs"),
+                definition_columns=definition_columns,
+            )
+
+        return Batch(load=load, shape=shape.seal(), with_parent=with_parent)
 
     def edges(self, nodes: Sequence[FieldNode]) -> _Edges:
         type_, fields = self.subfields("IncidentEdge", nodes)
@@ -628,6 +641,8 @@ class Batch:
 
     load: Callable[[Sequence[int], Run], Awaitable[Sequence[Row]]]
     shape: Shape
+    # Fetches one incident by key with its items, in one statement, when the list allows it.
+    with_parent: Callable[[str, Run], Awaitable[tuple[Row | None, list[Row]]]] | None = None
 
     async def fetch(self, parents: Sequence[Row], run: Run) -> None:
         """Fetch the items of every parent, grouped by parent, then what the items need."""
@@ -643,6 +658,26 @@ class Batch:
         """Return the response objects of one parent's items."""
         build = self.shape.build
         return [build(row, run) for row in run.children[id(self)][parent["id"]]]
+
+
+def _incident_with_its_list(
+    shape: Shape, batch: Batch, args: Arguments
+) -> Callable[[Run], Awaitable[Any]]:
+    """Return the resolver of `incident(id)` whose one nested list is read with the incident."""
+    assert batch.with_parent is not None
+    with_parent = batch.with_parent
+
+    async def resolve(run: Run) -> Any:
+        row, items = await with_parent(str(args(run)["id"]), run)
+        if row is None:
+            return None
+        # What shape.prefetch([row]) does, with the items already at hand.
+        await _remember_incidents([row], run)
+        run.children[id(batch)] = {row["id"]: items}
+        await batch.shape.prefetch(items, run)
+        return shape.build(row, run)
+
+    return resolve
 
 
 def _child_loader(kind: str) -> Callable[[Sequence[int], Run], Awaitable[Sequence[Row]]]:

@@ -35,7 +35,8 @@ class IncidentPage:
     has_next_page: bool
 
 
-INCIDENT_COLUMNS = "id, key, title, severity, detected_at, resolved_at"
+INCIDENT_COLUMN_NAMES = ("id", "key", "title", "severity", "detected_at", "resolved_at")
+INCIDENT_COLUMNS = ", ".join(INCIDENT_COLUMN_NAMES)
 
 
 async def page(

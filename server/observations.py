@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from server import db, kpis, policy, validate
+from server import db, incidents, kpis, policy, validate
 from server.auth import Viewer
 from server.errors import BadInput, Conflict
 from server.model import Observation
@@ -103,6 +103,43 @@ async def rows_for_incidents(
             return []
         sql += f" AND o.kpi {statement.one_of(slugs)}"
     return await db.fetch(sql + " ORDER BY o.kpi, o.timestamp", statement.args)
+
+
+async def incident_with_observations(
+    *,
+    viewer: Viewer,
+    key: str,
+    slugs: Sequence[str] | None = None,
+    definition_columns: Sequence[str] = (),
+) -> tuple[Mapping[str, Any] | None, list[Mapping[str, Any]]]:
+    """Return an incident's row and the rows of its observations of KPIs the viewer may see (as
+    rows_for_incidents returns them), in one statement; (None, []) when there is no incident."""
+    readable = policy.readable(viewer)
+    if not validate.is_incident_key(key):
+        return None, []
+    if slugs is not None:
+        slugs = sorted({s for s in slugs if validate.is_slug(s)})
+    statement = db.statement()
+    columns = [f"i.{c}" for c in incidents.INCIDENT_COLUMN_NAMES]
+    columns += [f"o.{c}" for c in OBSERVATION_COLUMNS]
+    columns += [f"d.{c} AS kpi_{c}" for c in kpis.checked_columns(definition_columns)]
+    observed = (
+        f"o.incident = i.id AND o.kpi IN (SELECT slug FROM kpi_definition"
+        f" WHERE visibility {statement.one_of(readable)})"
+    )
+    if slugs is not None:
+        observed += f" AND o.kpi {statement.one_of(slugs)}" if slugs else " AND 1 = 0"
+    sql = (
+        f"SELECT {', '.join(columns)} FROM incident AS i"
+        f" LEFT JOIN kpi_observation AS o ON {observed}"
+        " LEFT JOIN kpi_definition AS d ON d.slug = o.kpi"
+        f" WHERE i.key = {statement.arg(key)} ORDER BY o.kpi, o.timestamp"
+    )
+    rows = await db.fetch(sql, statement.args)
+    if not rows:
+        return None, []
+    # The incident's columns and an observation's share no name, so one row serves as both.
+    return rows[0], [row for row in rows if row["kpi"] is not None]
 
 
 def _checked(given: ObservationInput, n: int) -> ObservationInput:

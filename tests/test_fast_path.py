@@ -647,6 +647,23 @@ async def test_benchmark_queries_are_served_with_the_standard_answer_for_every_p
             assert body == {"data": {"incident": None}}
 
 
+async def test_one_incident_read_with_its_observations_gives_the_standard_answer(
+    fast: TestClient, standard: TestClient, world: World
+) -> None:
+    query = (
+        "query($id: ID!, $slugs: [String!]) { incident(id: $id) { id severity "
+        "kpis(slugs: $slugs) { value meetsTarget incident { id } kpi { slug targets { threshold } "
+        "reviewDueAt } } } }"
+    )
+    slug_lists = (None, [], ["mttr"], ["mttr", "mttr", "not a slug!"], [PERSONA_SLUG], ["nope"])
+    for persona in PERSONAS:
+        for incident in world.ids[::7]:
+            for slugs in slug_lists:
+                variables = {"id": incident, "slugs": slugs}
+                body = await same(fast, standard, persona, query, variables, served=True)
+                assert body["data"]["incident"]["id"] == incident
+
+
 async def test_benchmark_queries_are_passed_on_and_forbidden_for_an_unknown_persona(
     fast: TestClient, standard: TestClient, world: World
 ) -> None:
@@ -1201,11 +1218,17 @@ async def test_a_page_costs_two_statements_on_the_fast_path_whatever_its_size(
     assert len(small) == len(large) == 2, large
 
 
-async def test_one_incident_costs_two_statements_on_the_fast_path(
+async def test_one_incident_and_its_observations_cost_one_statement_on_the_fast_path(
     fast: TestClient, hundred_incidents: None, sql_statements: StatementCounter
 ) -> None:
-    for incident in ("INC-1000", "INC-1119"):
+    for incident in ("INC-1000", "INC-1119", MISSING_ID):
         statements = await statements_for(fast, sql_statements, Q3, {"id": incident})
-        assert len(statements) == 2, statements
-    # A missing incident stops after its one lookup.
-    assert len(await statements_for(fast, sql_statements, Q3, {"id": MISSING_ID})) == 1
+        assert len(statements) == 1, statements
+
+
+async def test_one_incident_with_two_lists_costs_a_statement_per_list_more(
+    fast: TestClient, hundred_incidents: None, sql_statements: StatementCounter
+) -> None:
+    query = "query($id: ID!) { incident(id: $id) { id kpis { value } alerts { id } } }"
+    statements = await statements_for(fast, sql_statements, query, {"id": "INC-1000"})
+    assert len(statements) == 3, statements
