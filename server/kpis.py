@@ -112,9 +112,12 @@ def _column_list(columns: Sequence[str]) -> str:
     return ", ".join(checked_columns(columns))
 
 
+_DEFINITION_COLUMN_SET = frozenset(DEFINITION_COLUMNS)
+
+
 def checked_columns(columns: Sequence[str]) -> Sequence[str]:
     """Return `columns` once each is known to be a definition column (they become SQL text)."""
-    unknown = set(columns) - set(DEFINITION_COLUMNS)
+    unknown = set(columns) - _DEFINITION_COLUMN_SET
     if unknown:
         raise ValueError(f"not definition columns: {sorted(unknown)}")
     return columns

@@ -17,6 +17,9 @@ from typing import Any
 
 import jwt
 import pytest
+from hypothesis import HealthCheck, Phase, given, seed
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 _TMP = Path(tempfile.mkdtemp(prefix="mim-tests-"))
 DATABASE_URL = os.environ.get("TEST_DATABASE_URL") or f"sqlite:///{_TMP / 'test.sqlite3'}"
@@ -194,3 +197,28 @@ def _flush_counts(figure: Any) -> Any:
     for name, value in COUNTS.items():
         figure(name, value)
     COUNTS.clear()
+
+
+def draw_examples(strategy: st.SearchStrategy[Any], count: int, seed_value: int) -> list[Any]:
+    """Return `count` examples of `strategy`, drawn by Hypothesis under a synchronous @given."""
+    drawn: list[Any] = []
+
+    @seed(seed_value)
+    @hypothesis_settings(
+        max_examples=count,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=[
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.large_base_example,
+        ],
+    )
+    @given(strategy)
+    def collect(example: Any) -> None:
+        drawn.append(example)
+
+    collect()
+    return drawn

@@ -37,7 +37,6 @@ from typing import Any, cast
 import graphql
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from hypothesis_graphql import nodes, queries
 
@@ -46,7 +45,7 @@ from schema.fast_path import FastPath
 from server import demo
 from server.app import FAST_PATH, create_app
 from server.config import Settings
-from tests.conftest import ENV, EXEC_ONLY, PERSONAS, StatementCounter, make_token
+from tests.conftest import ENV, EXEC_ONLY, PERSONAS, StatementCounter, draw_examples, make_token
 
 SCHEMA_SDL = (Path(__file__).resolve().parents[1] / "schema.graphql").read_text()
 SCHEMA = graphql.build_schema(SCHEMA_SDL)
@@ -527,28 +526,8 @@ def rewritten(cursors: list[str]) -> Callable[[graphql.DocumentNode], Request]:
 
 
 def draw(strategy: st.SearchStrategy[Any], count: int, salt: int) -> list[Any]:
-    """Return `count` examples of `strategy`, drawn by Hypothesis under a synchronous @given."""
-    drawn: list[Any] = []
-
-    @seed(SEED + salt)
-    @settings(
-        max_examples=count,
-        deadline=None,
-        database=None,
-        phases=[Phase.generate],
-        suppress_health_check=[
-            HealthCheck.function_scoped_fixture,
-            HealthCheck.too_slow,
-            HealthCheck.data_too_large,
-            HealthCheck.large_base_example,
-        ],
-    )
-    @given(strategy)
-    def collect(example: Any) -> None:
-        drawn.append(example)
-
-    collect()
-    return drawn
+    """Return `count` examples of `strategy`, drawn under this module's seed plus `salt`."""
+    return draw_examples(strategy, count, SEED + salt)
 
 
 def draw_requests(world: World) -> list[Request]:

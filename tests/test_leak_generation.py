@@ -33,12 +33,11 @@ from urllib.parse import quote
 import graphql
 import pytest
 from aiohttp.test_utils import TestClient
-from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from hypothesis_graphql import from_schema, mutations, nodes, queries
 
 from server.tables import TABLES, KpiObservation
-from tests.conftest import COUNTS, make_token
+from tests.conftest import COUNTS, draw_examples, make_token
 
 pytestmark = pytest.mark.security
 
@@ -351,28 +350,8 @@ def scalar_strategies(cursors: list[str]) -> dict[str, st.SearchStrategy[graphql
 
 
 def draw(strategy: st.SearchStrategy[Any], count: int, salt: int = 0) -> list[Any]:
-    """Return `count` examples of `strategy`, drawn by Hypothesis under a synchronous @given."""
-    drawn: list[Any] = []
-
-    @seed(SEED + salt)
-    @settings(
-        max_examples=count,
-        deadline=None,
-        database=None,
-        phases=[Phase.generate],
-        suppress_health_check=[
-            HealthCheck.function_scoped_fixture,
-            HealthCheck.too_slow,
-            HealthCheck.data_too_large,
-            HealthCheck.large_base_example,
-        ],
-    )
-    @given(strategy)
-    def collect(example: Any) -> None:
-        drawn.append(example)
-
-    collect()
-    return drawn
+    """Return `count` examples of `strategy`, drawn under this module's seed plus `salt`."""
+    return draw_examples(strategy, count, SEED + salt)
 
 
 class _Steer(graphql.Visitor):
