@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import TypeVar
 
-from strawberry.dataloader import DataLoader
+from strawberry.dataloader import DataLoader as StrawberryDataLoader
 
 from server import incidents, kpis, observations
 from server.auth import Viewer
@@ -21,7 +22,22 @@ from server.model import (
     TimelineEvent,
 )
 
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
 V = TypeVar("V")
+
+
+class DataLoader(StrawberryDataLoader[K, T]):
+    """A DataLoader whose callers cannot cancel each other's answers.
+
+    Every caller asking for a key awaits the one cached future for it. When the executor cancels
+    a field's resolver (it does once a sibling field raises), the cancellation would reach that
+    shared future, and every other field waiting on the same key would get CancelledError, which
+    no error handler catches. Each caller awaits its own shield of the future instead.
+    """
+
+    def load(self, key: K) -> Awaitable[T]:
+        return asyncio.shield(super().load(key))
 
 
 class Loaders:

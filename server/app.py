@@ -89,6 +89,14 @@ async def mask_faults(request: web.Request, handler: Handler) -> web.StreamRespo
     except TimeoutError:
         log.warning("request ran past its time limit: %s %s", request.method, request.path)
         return error_response(503, "TIMEOUT", TIMEOUT_MESSAGE)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise  # this request really is being cancelled (shutdown)
+        # A cancellation nobody asked for (an awaited future was cancelled elsewhere) would
+        # otherwise drop the connection without an answer.
+        log.exception("stray cancellation serving %s %s", request.method, request.path)
+        return error_response(500, "INTERNAL", INTERNAL_MESSAGE)
     except Exception as error:
         if db.is_timeout(error):
             return error_response(503, "TIMEOUT", TIMEOUT_MESSAGE)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import tempfile
 import time
 from collections import Counter
@@ -197,6 +198,24 @@ def _flush_counts(figure: Any) -> Any:
     for name, value in COUNTS.items():
         figure(name, value)
     COUNTS.clear()
+
+
+SEEDS: dict[str, int] = {}
+
+
+def run_seed(variable: str) -> int:
+    """Return the seed named by an environment variable, or a fresh one, and remember it.
+
+    The run's seeds are printed at the end of every run, so a failure can be replayed exactly.
+    """
+    SEEDS[variable] = int(os.environ.get(variable) or random.randrange(2**32))
+    return SEEDS[variable]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if SEEDS:
+        replay = " ".join(f"{name}={value}" for name, value in sorted(SEEDS.items()))
+        terminalreporter.write_line(f"generated inputs: replay this run with {replay}")
 
 
 def draw_examples(strategy: st.SearchStrategy[Any], count: int, seed_value: int) -> list[Any]:

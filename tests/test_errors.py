@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from graphql import GraphQLError, parse
 
 from schema.errors import INTERNAL_MESSAGE, coded
+from server.app import create_app
+from server.config import Settings
 from server.errors import BadInput, Conflict, Forbidden
-from tests.conftest import codes, gql
+from tests.conftest import PERSONAS, codes, gql, make_token
 
 
 def test_unexpected_exception_in_a_resolver_is_masked_as_internal() -> None:
@@ -66,3 +72,49 @@ async def test_naive_datetime_variable_is_bad_user_input(client) -> None:
 async def test_naive_datetime_literal_is_bad_user_input(client) -> None:
     body = await gql(client, '{ kpis { summary(from: "2026-01-01T10:00:00") { count } } }')
     assert codes(body) == ["BAD_USER_INPUT"]
+
+
+# `kpis` and `kpi(slug: "mttr")` both wait on mttr's revisions; the failing `summary` next to
+# the second makes the executor cancel that resolver, which must not cancel the first one's wait.
+SHARED_KEY_WITH_A_FAILING_SIBLING = """{
+  kpis { slug revisions { version } }
+  kpi(slug: "mttr") {
+    revisions { version }
+    summary(from: "2026-03-01T00:00:00Z", to: "2026-03-01T00:00:00Z") { count }
+  }
+}"""
+
+
+async def test_a_failing_field_does_not_cancel_a_field_sharing_its_batch(client) -> None:
+    for persona in PERSONAS:
+        body = await gql(client, SHARED_KEY_WITH_A_FAILING_SIBLING, persona=persona)
+        assert codes(body) == ["BAD_USER_INPUT"], (persona, body)
+        assert body["errors"][0]["path"] == ["kpi", "summary"]
+        assert body["data"]["kpi"] is None  # summary is non-null, so its parent goes
+        mttr = [k for k in body["data"]["kpis"] if k["slug"] == "mttr"]
+        assert len(mttr) == 1 and mttr[0]["revisions"], (persona, body)
+
+
+async def _cancelled_elsewhere(request: web.Request) -> web.Response:
+    future = asyncio.get_running_loop().create_future()
+    future.cancel()
+    await future  # raises CancelledError though nothing cancelled this request
+    raise AssertionError("unreachable")
+
+
+async def test_a_stray_cancellation_gets_a_coded_internal_error_not_a_dropped_connection(
+    settings: Settings,
+) -> None:
+    app = create_app(settings)
+    app.router.add_get("/stray", _cancelled_elsewhere)
+    async with TestClient(TestServer(app)) as client:
+        response = await client.get(
+            "/stray", headers={"Authorization": f"Bearer {make_token('admin')}"}
+        )
+        assert response.status == 500
+        body = await response.json()
+        # The connection stays usable: the next request on it is answered.
+        again = await gql(client, "{ viewer { subject } }")
+    assert body["errors"][0]["extensions"]["code"] == "INTERNAL"
+    assert body["errors"][0]["message"] == INTERNAL_MESSAGE
+    assert again["data"]["viewer"]["subject"]

@@ -45,7 +45,15 @@ from schema.fast_path import FastPath
 from server import demo
 from server.app import FAST_PATH, create_app
 from server.config import Settings
-from tests.conftest import ENV, EXEC_ONLY, PERSONAS, StatementCounter, draw_examples, make_token
+from tests.conftest import (
+    ENV,
+    EXEC_ONLY,
+    PERSONAS,
+    StatementCounter,
+    draw_examples,
+    make_token,
+    run_seed,
+)
 
 SCHEMA_SDL = (Path(__file__).resolve().parents[1] / "schema.graphql").read_text()
 SCHEMA = graphql.build_schema(SCHEMA_SDL)
@@ -53,7 +61,7 @@ SCHEMA = graphql.build_schema(SCHEMA_SDL)
 UNCOVERED = frozenset({"revisions", "summary", "series"})
 
 # FAST_PATH_SEED replays one run's documents; FAST_PATH_SCALE multiplies them (a long soak).
-SEED = int(os.environ.get("FAST_PATH_SEED") or random.randrange(2**32))
+SEED = run_seed("FAST_PATH_SEED")
 SCALE = float(os.environ.get("FAST_PATH_SCALE", "1"))
 # How many documents to draw: per root field and mixed from the schema without the uncovered
 # fields (most can be served), and mixed from the whole schema (many must be passed on).

@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 from hypothesis_graphql import from_schema, mutations, nodes, queries
 
 from server.tables import TABLES, KpiObservation
-from tests.conftest import COUNTS, draw_examples, make_token
+from tests.conftest import COUNTS, draw_examples, make_token, run_seed
 
 pytestmark = pytest.mark.security
 
@@ -49,7 +49,7 @@ MUTATION_FIELDS = sorted(SCHEMA.mutation_type.fields) if SCHEMA.mutation_type el
 # How many operations to draw. LEAK_SCALE multiplies them (e.g. LEAK_SCALE=5 for a long soak);
 # LEAK_SEED replays one run's operations exactly.
 SCALE = float(os.environ.get("LEAK_SCALE", "1"))
-SEED = int(os.environ.get("LEAK_SEED") or random.randrange(2**32))
+SEED = run_seed("LEAK_SEED")
 QUERIES_PER_FIELD = int(260 * SCALE)
 VIEWER_QUERIES = int(30 * SCALE)  # `viewer` takes no arguments: a few dozen documents are all
 MIXED_QUERIES = int(260 * SCALE)
