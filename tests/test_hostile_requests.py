@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from schema import schema
+from server.app import MimGraphQLView
 from server.tables import Incident, KpiDefinition, KpiRevision
 from tests.conftest import codes, gql, make_token
 
@@ -150,3 +152,22 @@ async def test_responses_do_not_name_the_server_software(client) -> None:
         await client.get("/kpis"),
     ):
         assert "Server" not in response.headers
+
+
+async def test_a_lone_surrogate_echoed_in_an_error_is_escaped_not_a_fault(client) -> None:
+    # The executor quotes the bad variable in its message.
+    raw = b'{"query": "query ($n: Int) { incidents(first: $n) { totalCount } }", '
+    raw += b'"variables": {"n": "x\\ud800"}}'
+    response = await client.post("/graphql", data=raw, headers=headers("exec"))
+    text = await response.text()
+    assert response.status == 200, text
+    assert codes(json.loads(text)) == ["BAD_USER_INPUT"]
+    assert "\\ud800" in text  # quoted with an escape, never as raw text UTF-8 cannot hold
+
+
+def test_text_utf8_cannot_hold_is_written_escaped() -> None:
+    view = MimGraphQLView(schema=schema, suggestions=False, fast_path=None)
+    assert json.loads(view.encode_json({"message": "caf\u00e9"})) == {"message": "caf\u00e9"}
+    assert "café".encode() in view.encode_json({"message": "caf\u00e9"})  # UTF-8, no escape
+    written = view.encode_json({"message": "x\ud800"})
+    assert written == b'{"message":"x\\ud800"}'
