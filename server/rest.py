@@ -8,9 +8,9 @@ from typing import Any
 from aiohttp import web
 
 from server import incidents, kpis, observations, targets
-from server.errors import AppError
+from server.errors import AppError, BadInput
 from server.http import error_response, viewer_of
-from server.model import Definition, Incident, Observation, Target
+from server.model import Definition, Incident, Observation, Target, Visibility
 
 
 def add_routes(app: web.Application) -> None:
@@ -29,9 +29,31 @@ def _app_error(error: AppError) -> web.Response:
     return error_response(status, error.code, error.message)
 
 
+def _one(request: web.Request, name: str) -> str | None:
+    """Return a query parameter given at most once (None when absent)."""
+    given = request.query.getall(name, [])
+    if len(given) > 1:
+        raise BadInput(f"give {name} at most once")
+    return given[0] if given else None
+
+
+def _visibility(request: web.Request) -> Visibility | None:
+    """`?visibility=EXEC` (or `exec`): only definitions of that visibility, within the caller's."""
+    raw = _one(request, "visibility")
+    if raw is None:
+        return None
+    try:
+        return Visibility[raw.upper()]
+    except KeyError:
+        names = ", ".join(v.name for v in Visibility)
+        raise BadInput(f"visibility must be one of {names}") from None
+
+
 async def list_kpis(request: web.Request) -> web.Response:
     try:
-        found = await kpis.list_definitions(viewer=viewer_of(request))
+        found = await kpis.list_definitions(
+            viewer=viewer_of(request), visibility=_visibility(request)
+        )
     except AppError as error:
         return _app_error(error)
     return web.json_response({"kpis": [definition_json(d) for d in found]})
@@ -55,7 +77,10 @@ async def incident_kpis(request: web.Request) -> web.Response:
         incident = await incidents.by_key(viewer=viewer, key=request.match_info["id"])
         if incident is None:
             return _not_found()
-        rows = (await observations.for_incidents(viewer=viewer, pks=[incident.pk]))[incident.pk]
+        # `?kpi=mttr&kpi=mtta`: only those KPIs' observations (as `incident.kpis(slugs:)`).
+        slugs = request.query.getall("kpi", None)
+        found = await observations.for_incidents(viewer=viewer, pks=[incident.pk], slugs=slugs)
+        rows = found[incident.pk]
         defs = await kpis.definitions_by_slug(viewer=viewer, slugs=[o.kpi_slug for o in rows])
     except AppError as error:
         return _app_error(error)

@@ -725,6 +725,11 @@ async def every_slug_answer(client: TestClient, token: str, slug: str) -> list[t
     ]
     for mutation in REFUSED_WITH_SLUG.values():
         answers.append(await post(client, token, mutation, {"slug": slug}))
+    for incident, kpis in (("INC-LEAK-1", [slug]), ("INC-LEAK-3", [slug, "mttr"])):
+        response = await client.get(
+            f"/incidents/{incident}/kpis", params=[("kpi", k) for k in kpis], headers=bearer(token)
+        )
+        answers.append((response.status, await response.text()))
     response = await client.get(f"/kpis/{quote(slug, safe='')}", headers=bearer(token))
     answers.append((response.status, f"{response.content_type} {await response.text()}"))
     return answers
@@ -750,6 +755,7 @@ async def test_exec_only_answer_for_an_internal_slug_is_byte_identical_to_an_unk
     responder = await every_slug_answer(client, make_token("responder"), CANARY_SLUG)
     assert responder[0][1] != unknown[0][1] and TAG in responder[0][1]
     assert responder[-1][0] == 200 and TAG in responder[-1][1]
+    assert str(SENTINEL) in responder[-3][1]  # GET /incidents/INC-LEAK-1/kpis?kpi=<canary>
 
 
 @pytest.mark.parametrize("persona", EXEC_ONLY)

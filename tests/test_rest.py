@@ -312,6 +312,68 @@ async def test_get_kpis_of_an_unknown_incident_is_404_not_found(client) -> None:
     assert [e["extensions"]["code"] for e in body["errors"]] == ["NOT_FOUND"]
 
 
+# --- query parameters ----------------------------------------------------------------------
+
+ALL_PERSONAS = ["exec", "stakeholder", "responder", "ingest", "admin"]
+
+
+@pytest.mark.parametrize("persona", ALL_PERSONAS)
+@pytest.mark.parametrize("given", ["EXEC", "exec", "INTERNAL", "internal"])
+async def test_get_kpis_by_visibility_is_graphqls_kpis_by_visibility(
+    client, persona: str, given: str
+) -> None:
+    status, body = await get_json(client, f"/kpis?visibility={given}", persona=persona)
+    assert status == 200
+    expected = await gql(
+        client, f"{{ kpis(visibility: {given.upper()}) {{ slug }} }}", persona=persona
+    )
+    assert [k["slug"] for k in body["kpis"]] == [k["slug"] for k in expected["data"]["kpis"]]
+    assert all(k["visibility"] == given.upper() for k in body["kpis"])
+    if persona in ("exec", "stakeholder"):
+        # Asking for internal KPIs widens nothing: the answer is empty, and says nothing of mtta.
+        expected_slugs = [] if given.upper() == "INTERNAL" else EXEC_SLUGS
+        assert [k["slug"] for k in body["kpis"]] == expected_slugs
+        assert "mtta" not in str(body)
+    else:
+        assert [k["slug"] for k in body["kpis"]] == (
+            ["mtta"] if given.upper() == "INTERNAL" else EXEC_SLUGS
+        )
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["visibility=SECRET", "visibility=", "visibility=EXEC&visibility=INTERNAL"],
+)
+async def test_get_kpis_with_a_bad_visibility_is_400_bad_user_input(client, query: str) -> None:
+    status, body = await get_json(client, f"/kpis?{query}", persona="exec")
+    assert status == 400
+    assert [e["extensions"]["code"] for e in body["errors"]] == ["BAD_USER_INPUT"]
+    assert "kpis" not in body
+
+
+@pytest.mark.usefixtures("incident_with_observations")
+@pytest.mark.parametrize("persona", ALL_PERSONAS)
+async def test_get_incident_kpis_by_slug_is_graphqls_kpis_by_slugs(client, persona: str) -> None:
+    for slugs in (["mttr"], ["mttr", "mtta"], ["mtta"], ["no-such-kpi"], ["Not A Slug!"], [""]):
+        query = "&".join(f"kpi={slug}" for slug in slugs)
+        status, body = await get_json(client, f"/incidents/INC-2041/kpis?{query}", persona=persona)
+        assert status == 200
+        expected = await gql(
+            client,
+            'query ($s: [String!]) { incident(id: "INC-2041") '
+            "{ kpis(slugs: $s) { kpi { slug } } } }",
+            {"s": slugs},
+            persona=persona,
+        )
+        shown = [o["kpiSlug"] for o in body["kpis"]]
+        assert shown == [o["kpi"]["slug"] for o in expected["data"]["incident"]["kpis"]]
+        assert set(shown) <= set(slugs)
+        if persona in ("exec", "stakeholder"):
+            assert "mtta" not in shown and "Mean Time to Acknowledge" not in str(body)
+    status, body = await get_json(client, "/incidents/INC-2041/kpis?kpi=mtta", persona="admin")
+    assert [o["kpiSlug"] for o in body["kpis"]] == ["mtta"]
+
+
 # --- authentication ------------------------------------------------------------------------
 
 PATHS = ["/kpis", "/kpis/mttr", "/incidents/INC-2041/kpis"]
