@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from graphql import GraphQLError, OperationDefinitionNode, parse
+from multidict import MultiMapping
 from strawberry.aiohttp.views import GraphQLView
 from strawberry.http import process_result
 from strawberry.types import ExecutionResult
@@ -127,16 +128,17 @@ class MimGraphQLView(GraphQLView[Context, None]):
         self.fast_path = fast_path
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
+        body: dict[str, Any] | None = None
         if request.method == "POST" and request.content_type == "application/json":
             body, refusal = read_body(await request.read())
             if refusal is not None:
                 return error_response(400, "BAD_USER_INPUT", refusal)
-            if self.fast_path is not None:
-                answer = await self.fast_path.respond(body, request.get(VIEWER, ANONYMOUS))
-                if answer is not None:
-                    return web.Response(
-                        body=answer, content_type="application/json", charset="utf-8"
-                    )
+        elif request.method == "GET":
+            body = read_query_string(request.query)
+        if body is not None and self.fast_path is not None:
+            answer = await self.fast_path.respond(body, request.get(VIEWER, ANONYMOUS))
+            if answer is not None:
+                return web.Response(body=answer, content_type="application/json", charset="utf-8")
         return await super().__call__(request)
 
     def encode_json(self, data: object) -> bytes:
@@ -175,6 +177,26 @@ def read_body(raw: bytes) -> tuple[dict[str, Any], str | None]:
     if body.get("operationName") is None and _operation_count(body["query"]) > 1:
         return body, "The document holds several operations: name the one to run in operationName."
     return body, None
+
+
+def read_query_string(query: MultiMapping[str]) -> dict[str, Any] | None:
+    """Return the request a GET's query string makes, or None when the executor should judge it.
+
+    Anything unusual (a parameter given twice, variables that are not a JSON object) is left to
+    the standard executor, which answers it in its own words.
+    """
+    names = ("query", "operationName", "variables")
+    if "query" not in query or any(len(query.getall(name, ())) > 1 for name in names):
+        return None
+    body: dict[str, Any] = {"query": query["query"], "operationName": query.get("operationName")}
+    if "variables" in query:
+        try:
+            body["variables"] = json.loads(query["variables"])
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(body["variables"], dict | None):
+            return None
+    return body
 
 
 @lru_cache(maxsize=256)

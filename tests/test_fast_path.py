@@ -164,13 +164,22 @@ async def post(
     query: str,
     variables: Any = None,
     operation_name: str | None = None,
+    method: str = "POST",
 ) -> tuple[int, str]:
+    """Send a request as a JSON body, or with method="GET" in the query string."""
+    headers = {"Authorization": f"Bearer {token}"}
+    if method == "GET":
+        params = {"query": query}
+        if variables is not None:
+            params["variables"] = json.dumps(variables)
+        if operation_name is not None:
+            params["operationName"] = operation_name
+        response = await client.get("/graphql", params=params, headers=headers)
+        return response.status, await response.text()
     payload: dict[str, Any] = {"query": query, "variables": variables}
     if operation_name is not None:
         payload["operationName"] = operation_name
-    response = await client.post(
-        "/graphql", json=payload, headers={"Authorization": f"Bearer {token}"}
-    )
+    response = await client.post("/graphql", json=payload, headers=headers)
     return response.status, await response.text()
 
 
@@ -187,13 +196,15 @@ async def compare(
     query: str,
     variables: Any = None,
     operation_name: str | None = None,
+    method: str = "POST",
 ) -> tuple[Answer, str | None]:
     """Send one request to both apps; return the answers and what differs (None if nothing)."""
     counters = fast_path(fast)
     served_before = counters.served
-    fast_status, fast_text = await post(fast, token, query, variables, operation_name)
+    asked = (token, query, variables, operation_name, method)
+    fast_status, fast_text = await post(fast, *asked)
     served = counters.served > served_before
-    standard_status, standard_text = await post(standard, token, query, variables, operation_name)
+    standard_status, standard_text = await post(standard, *asked)
     answer = Answer(
         status=standard_status,
         body=json.loads(standard_text),
@@ -576,16 +587,23 @@ async def test_generated_queries_answer_the_same_on_both_paths_for_every_persona
     codes: Counter[str] = Counter()
     differences: list[str] = []
     leaks: list[str] = []
-    for request in requests:
+    for index, request in enumerate(requests):
+        method = "GET" if index % 4 == 3 else "POST"  # a GET carries it in the query string
         for persona, token in tokens.items():
             answer, difference = await compare(
-                fast, standard, token, request.query, request.variables, request.operation_name
+                fast,
+                standard,
+                token,
+                request.query,
+                request.variables,
+                request.operation_name,
+                method=method,
             )
             sent[persona] += 1
             served[persona] += answer.served
             codes.update(str(e["extensions"]["code"]) for e in answer.body.get("errors") or [])
             where = (
-                f"{persona} (FAST_PATH_SEED={SEED}): {request.query!r} "
+                f"{persona} {method} (FAST_PATH_SEED={SEED}): {request.query!r} "
                 f"variables={request.variables!r} operationName={request.operation_name!r}"
             )
             if difference is not None:
@@ -1126,6 +1144,63 @@ async def test_requests_plans_do_not_answer_are_passed_on_with_the_same_answer(
         if not meant:
             wrong.append(f"{what}: not the case meant: {messages}")
     assert wrong == [], "\n".join(wrong)
+
+
+async def test_get_requests_are_served_with_the_answer_to_the_same_post(
+    fast: TestClient, standard: TestClient, world: World
+) -> None:
+    for persona in PERSONAS:
+        token = make_token(persona)
+        for query, variables in ((Q1, None), (Q2, None), (Q3, {"id": world.ids[0]})):
+            answer, difference = await compare(
+                fast, standard, token, query, variables, method="GET"
+            )
+            assert difference is None and answer.served, (persona, query, difference)
+            assert (answer.status, answer.fast_text) == await post(fast, token, query, variables)
+
+
+async def test_get_requests_plans_do_not_answer_are_passed_on_with_the_same_answer(
+    fast: TestClient, standard: TestClient, world: World
+) -> None:
+    wrong = []
+    for what, (persona, query, variables, operation_name, _) in PASSED_ON.items():
+        answer, difference = await compare(
+            fast, standard, make_token(persona), query, variables, operation_name, method="GET"
+        )
+        if difference is not None or answer.served:
+            wrong.append(f"{what}: served={answer.served} {difference}")
+    assert wrong == [], "\n".join(wrong)
+
+
+ODD_QUERY_STRINGS = {
+    "the query twice": [("query", "{ viewer { subject } }"), ("query", Q1)],
+    "operationName twice": [("query", "query A { viewer { subject } }"), ("operationName", "A"),
+                            ("operationName", "A")],
+    "variables twice": [("query", Q3), ("variables", '{"id": "INC-1000"}'),
+                        ("variables", '{"id": "INC-1000"}')],
+    "variables that are not JSON": [("query", Q3), ("variables", "{id: INC-1000}")],
+    "empty variables": [("query", Q3), ("variables", "")],
+    "variables that are a list": [("query", Q3), ("variables", '["INC-1000"]')],
+    "a mutation": [("query", 'mutation { markKpiReviewed(slug: "mttr") { version } }')],
+    "an empty query": [("query", "")],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("params", ODD_QUERY_STRINGS.values(), ids=ODD_QUERY_STRINGS.keys())
+async def test_odd_get_query_strings_are_left_to_the_executor_and_answered_alike(
+    fast: TestClient, standard: TestClient, params: list[tuple[str, str]]
+) -> None:
+    counters = fast_path(fast)
+    served_before = counters.served
+    answers = []
+    for client in (fast, standard):
+        response = await client.get(
+            "/graphql", params=params, headers={"Authorization": f"Bearer {make_token()}"}
+        )
+        answers.append((response.status, await response.text()))
+    assert answers[0] == answers[1]
+    assert counters.served == served_before
+    assert "errors" in json.loads(answers[0][1]) or answers[0][0] == 200
 
 
 # Plans once read a root field's arguments before asking whether they cover it: `__schema` and
