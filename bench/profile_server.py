@@ -9,6 +9,7 @@ cumulative time. Usage:
     .venv/bin/python bench/profile_server.py --query q2 --fast-path 0   # the standard executor
     .venv/bin/python bench/profile_server.py --query dashboard          # KPI summaries
     .venv/bin/python bench/profile_server.py --query dashboard --profile 0   # req/s, no profiler
+    .venv/bin/python bench/profile_server.py --query rest-q3 --profile 0     # the REST mirror
 
 Needs the data set of bench/perf_data.py (DATABASE_URL defaults to mim_perf_bench).
 """
@@ -41,6 +42,8 @@ QUERIES = {
     "dashboard": "{ kpis { slug name units summary(severity: P1) { count value "
     "target { comparison threshold } meetsTarget } } }",
 }
+# The seed page's REST reads: Q1's and Q3's questions asked of the REST mirror.
+REST = {"rest-q1": "/kpis", "rest-q3": "/incidents/{id}/kpis"}
 
 
 async def drive(port: int, query: str, seconds: float, connections: int, token: str) -> None:
@@ -56,9 +59,14 @@ async def drive(port: int, query: str, seconds: float, connections: int, token: 
         nonlocal done
         async with aiohttp.ClientSession(headers=headers) as session:
             while time.perf_counter() < stop:
-                variables = {"id": f"INC-{random.randint(1001, 101000)}"} if query == "q3" else {}
-                body = {"query": QUERIES[query], "variables": variables}
-                async with session.post(url, json=body) as response:
+                key = f"INC-{random.randint(1001, 101000)}"
+                if query in REST:
+                    request = session.get(f"http://127.0.0.1:{port}{REST[query].format(id=key)}")
+                else:
+                    variables = {"id": key} if query == "q3" else {}
+                    body = {"query": QUERIES[query], "variables": variables}
+                    request = session.post(url, json=body)
+                async with request as response:
                     await response.read()
                     if response.status != 200:
                         raise SystemExit(f"HTTP {response.status}")
@@ -95,7 +103,7 @@ def serve_profiled(port: int, top: int, profiled: bool) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--query", choices=sorted(QUERIES), default="q2")
+    parser.add_argument("--query", choices=sorted([*QUERIES, *REST]), default="q2")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=12)
     parser.add_argument("--port", type=int, default=8195)

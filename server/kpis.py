@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from piccolo.query.functions.aggregate import Avg, Count
@@ -388,6 +389,11 @@ def _encode(value: Any) -> str | None:
     return json.dumps(value)
 
 
+def definition_of(row: Mapping[str, Any], prefix: str = "") -> Definition:
+    """Return the definition in a row holding every definition column (named with a prefix)."""
+    return _definition({name: row[prefix + name] for name in DEFINITION_COLUMNS} if prefix else row)
+
+
 def _definition(row: Mapping[str, Any]) -> Definition:
     reviewed = row["last_reviewed_at"]
     return Definition(
@@ -398,7 +404,7 @@ def _definition(row: Mapping[str, Any]) -> Definition:
         expression=row["expression"],
         units=row["units"],
         targets=target_list(row["targets"]),
-        data_sources=tuple(json_list(row["data_sources"])),
+        data_sources=string_tuple(row["data_sources"]),
         visibility=Visibility(row["visibility"]),
         owner=row["owner"],
         review_cadence=row["review_cadence"],
@@ -419,7 +425,25 @@ def json_list(stored: str | list[Any] | None) -> list[Any]:
 
 def target_list(stored: str | list[Any] | None) -> tuple[Target, ...]:
     """Return the targets a definition row stores."""
+    if isinstance(stored, str):
+        return _targets_of(stored)
     return tuple(targets.from_json(t) for t in json_list(stored))
+
+
+@lru_cache(maxsize=1024)
+def _targets_of(stored: str) -> tuple[Target, ...]:
+    # Every read of a definition decodes its targets; a stored text always decodes the same.
+    return tuple(targets.from_json(t) for t in json.loads(stored))
+
+
+@lru_cache(maxsize=1024)
+def _strings_of(stored: str) -> tuple[str, ...]:
+    return tuple(json.loads(stored))
+
+
+def string_tuple(stored: str | list[Any] | None) -> tuple[str, ...]:
+    """Return a JSON list-of-strings column's value as a tuple."""
+    return _strings_of(stored) if isinstance(stored, str) else tuple(json_list(stored))
 
 
 REVIEW_DUE_COLUMNS = ("last_reviewed_at", "created_at", "review_cadence")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from server import db, incidents, kpis, policy, validate
+from server import db, incidents, kpis, model, policy, validate
 from server.auth import Viewer
 from server.errors import BadInput, Conflict
 from server.model import Observation
@@ -140,6 +140,20 @@ async def incident_with_observations(
         return None, []
     # The incident's columns and an observation's share no name, so one row serves as both.
     return rows[0], [row for row in rows if row["kpi"] is not None]
+
+
+async def of_incident(
+    *, viewer: Viewer, key: str, slugs: Sequence[str] | None = None
+) -> tuple[model.Incident | None, list[tuple[Observation, model.Definition]]]:
+    """Return an incident and its observations of KPIs the viewer may see, each with its KPI's
+    definition, in one statement; (None, []) when there is no such incident."""
+    row, rows = await incident_with_observations(
+        viewer=viewer, key=key, slugs=slugs, definition_columns=kpis.DEFINITION_COLUMNS
+    )
+    if row is None:
+        return None, []
+    found = [(_observation(r), kpis.definition_of(r, prefix="kpi_")) for r in rows]
+    return incidents.incident_from_row(row), found
 
 
 def _checked(given: ObservationInput, n: int) -> ObservationInput:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import orjson
 from aiohttp import web
 
-from server import incidents, kpis, observations, targets
+from server import kpis, observations, targets
 from server.errors import AppError, BadInput
 from server.http import error_response, viewer_of
 from server.model import Definition, Incident, Observation, Target, Visibility
@@ -56,7 +57,7 @@ async def list_kpis(request: web.Request) -> web.Response:
         )
     except AppError as error:
         return _app_error(error)
-    return web.json_response({"kpis": [definition_json(d) for d in found]})
+    return _json({"kpis": [definition_json(d) for d in found]})
 
 
 async def get_kpi(request: web.Request) -> web.Response:
@@ -68,27 +69,29 @@ async def get_kpi(request: web.Request) -> web.Response:
         return _app_error(error)
     if found is None:
         return _not_found()
-    return web.json_response({"kpi": definition_json(found)})
+    return _json({"kpi": definition_json(found)})
 
 
 async def incident_kpis(request: web.Request) -> web.Response:
     viewer = viewer_of(request)
     try:
-        incident = await incidents.by_key(viewer=viewer, key=request.match_info["id"])
-        if incident is None:
-            return _not_found()
         # `?kpi=mttr&kpi=mtta`: only those KPIs' observations (as `incident.kpis(slugs:)`).
-        slugs = request.query.getall("kpi", None)
-        found = await observations.for_incidents(viewer=viewer, pks=[incident.pk], slugs=slugs)
-        rows = found[incident.pk]
-        defs = await kpis.definitions_by_slug(viewer=viewer, slugs=[o.kpi_slug for o in rows])
+        incident, found = await observations.of_incident(
+            viewer=viewer, key=request.match_info["id"], slugs=request.query.getall("kpi", None)
+        )
     except AppError as error:
         return _app_error(error)
+    if incident is None:
+        return _not_found()
     body = {
         "incident": incident_json(incident),
-        "kpis": [observation_json(o, defs[o.kpi_slug], incident, viewer.personas) for o in rows],
+        "kpis": [observation_json(o, d, incident, viewer.personas) for o, d in found],
     }
-    return web.json_response(body)
+    return _json(body)
+
+
+def _json(body: dict[str, Any]) -> web.Response:
+    return web.Response(body=orjson.dumps(body), content_type="application/json", charset="utf-8")
 
 
 def _time(value: datetime | None) -> str | None:

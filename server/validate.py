@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 import isodate
 
@@ -136,5 +137,11 @@ def duration(value: str, field: str = "reviewCadence") -> str:
 
 def add_duration(start: datetime, value: str) -> datetime:
     """Return `start` plus an ISO 8601 duration (months and years by the calendar)."""
-    result: datetime = start + isodate.parse_duration(value)
+    result: datetime = start + _parsed_duration(value)
     return result
+
+
+@lru_cache(maxsize=256)
+def _parsed_duration(value: str) -> timedelta | isodate.Duration:
+    # Every read of a definition works out its review date: parse each cadence once.
+    return isodate.parse_duration(value)

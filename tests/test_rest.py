@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import gql, make_token
+from tests.conftest import StatementCounter, gql, make_token
 
 SEED_SLUGS = ["cadence-adherence", "mtta", "mttr", "stakeholder-satisfaction"]
 EXEC_SLUGS = ["cadence-adherence", "mttr", "stakeholder-satisfaction"]
@@ -310,6 +310,19 @@ async def test_get_kpis_of_an_unknown_incident_is_404_not_found(client) -> None:
     status, body = await get_json(client, "/incidents/INC-404/kpis")
     assert status == 404
     assert [e["extensions"]["code"] for e in body["errors"]] == ["NOT_FOUND"]
+
+
+@pytest.mark.usefixtures("incident_with_observations")
+@pytest.mark.parametrize("query", ["", "?kpi=mttr&kpi=mtta"])
+async def test_get_incident_kpis_is_one_statement(
+    client, sql_statements: StatementCounter, query: str
+) -> None:
+    # The incident, its visible observations and their KPIs' definitions come back together.
+    for persona in ("exec", "admin"):
+        sql_statements.statements.clear()
+        status, body = await get_json(client, f"/incidents/INC-2041/kpis{query}", persona=persona)
+        assert status == 200 and body["kpis"], body
+        assert sql_statements.count == 1, sql_statements.statements
 
 
 # --- query parameters ----------------------------------------------------------------------
