@@ -7,6 +7,8 @@ token can fail raises the one `Unauthenticated`, so that the caller learns nothi
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import math
 import re
@@ -37,6 +39,10 @@ _PLAIN_KID = re.compile(r"[A-Za-z0-9_.:=+-]{1,128}")
 REFUSED_HEADERS = frozenset({"crit", "jku", "x5u", "x5c", "jwk"})
 # NumericDate claims; PyJWT takes anything int() accepts, a numeric string included.
 _TIME_CLAIMS = ("exp", "nbf", "iat")
+# The last second of the year 9999: later times cannot be dates in Python or the database.
+_LATEST_SECONDS = 253_402_300_799
+# The audit trail stores a subject in 200 characters (kpi_revision.changed_by).
+MAX_SUBJECT_CHARS = 200
 
 # An unknown `kid` refetches the JWKS at most this often, so a flood of made-up kids cannot hammer
 # the identity provider; every fetch, failed or not, starts the cool-down.
@@ -170,6 +176,7 @@ class TokenVerifier:
                 self._verified.move_to_end(token)
                 return known[0]
             del self._verified[token]
+        check_unique_keys(token)
         header = unverified_header(token)
         check_header(header, self._algorithms)
         key = await self._signing_key(header)
@@ -219,9 +226,9 @@ class TokenVerifier:
                     "enforce_minimum_key_length": True,
                 },
             )
-        except (jwt.PyJWTError, ValueError, TypeError):
+            check_claims(claims, issuer=s.jwt_issuer)
+        except (jwt.PyJWTError, ValueError, TypeError, OverflowError):
             raise Unauthenticated("invalid token") from None
-        check_claims(claims, issuer=s.jwt_issuer)
         return claims
 
 
@@ -263,12 +270,33 @@ def is_plain_kid(kid: object) -> bool:
     return isinstance(kid, str) and bool(_PLAIN_KID.fullmatch(kid)) and ".." not in kid
 
 
+def check_unique_keys(token: str) -> None:
+    """Refuse a token whose header or payload names a key twice: readers would disagree on it."""
+    header, payload, _ = token.split(".")
+    for segment in (header, payload):
+        try:
+            json.loads(_base64url(segment), object_pairs_hook=_unique_object)
+        except (ValueError, TypeError, RecursionError):
+            raise Unauthenticated("invalid token") from None
+
+
+def _base64url(segment: str) -> bytes:
+    segment = segment.rstrip("=")
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise ValueError("a key appears twice")
+    return found
+
+
 def check_claims(claims: Mapping[str, Any], *, issuer: str | None) -> None:
-    """Refuse what PyJWT lets through: non-number times, a blank subject, a near-miss issuer."""
+    """Refuse what PyJWT lets through: odd times, a subject we cannot store, a near-miss issuer."""
     if not all(is_numeric_date(claims[name]) for name in _TIME_CLAIMS if name in claims):
         raise Unauthenticated("invalid token")
-    subject = claims.get("sub")
-    if not isinstance(subject, str) or not subject.strip():
+    if not is_subject(claims.get("sub")):
         raise Unauthenticated("invalid token")
     # PyJWT matches a str issuer exactly but a container by `in`; compare exactly whatever it got.
     if issuer is not None and claims.get("iss") != issuer:
@@ -276,10 +304,25 @@ def check_claims(claims: Mapping[str, Any], *, issuer: str | None) -> None:
 
 
 def is_numeric_date(value: object) -> bool:
-    """Return whether `value` is a JSON number of seconds (not a string, boolean or infinity)."""
+    """Return whether `value` is a JSON number of seconds between 1970 and 9999.
+
+    Not a string, a boolean, infinity, or an integer too large to be a float.
+    """
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
-    return math.isfinite(value)
+    if isinstance(value, int):
+        return 0 <= value <= _LATEST_SECONDS
+    return math.isfinite(value) and 0 <= value <= _LATEST_SECONDS
+
+
+def is_subject(value: object) -> bool:
+    """Return whether a `sub` claim is text the audit trail can store and show."""
+    return (
+        isinstance(value, str)
+        and bool(value.strip())
+        and len(value) <= MAX_SUBJECT_CHARS
+        and value.isprintable()
+    )
 
 
 def hmac_algorithms(secret: str, algorithms: Iterable[str]) -> tuple[str, ...]:
@@ -355,12 +398,9 @@ def parse_personas(raw: Any) -> frozenset[Persona]:
         names = raw
     else:
         return frozenset()
+    # Exact names only: case folding would also accept look-alikes (the Kelvin sign K folds to k).
     by_value = {p.value: p for p in Persona}
-    return frozenset(
-        by_value[name.lower()]
-        for name in names
-        if isinstance(name, str) and name.lower() in by_value
-    )
+    return frozenset(by_value[name] for name in names if isinstance(name, str) and name in by_value)
 
 
 def issue_token(

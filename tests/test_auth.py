@@ -73,6 +73,20 @@ def hmac_signed(
     return f"{signing_input}.{b64url(signature)}"
 
 
+def raw_signed(header: str, payload: str) -> str:
+    """Sign JSON texts as written (so they may repeat a key), with the right secret."""
+    signing_input = f"{b64url(header.encode())}.{b64url(payload.encode())}"
+    signature = hmac.new(TEST_SECRET.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64url(signature)}"
+
+
+def repeated_key(field: str, first: Any, last: Any) -> str:
+    """A correctly signed token whose payload names `field` twice; PyJWT would take the last."""
+    payload = json.dumps(claims())[:-1] + f", {json.dumps(field)}: {json.dumps(first)}, "
+    payload += f"{json.dumps(field)}: {json.dumps(last)}}}"
+    return raw_signed('{"alg":"HS256","typ":"JWT"}', payload)
+
+
 def alg_none(payload: dict[str, Any], alg: str = "none") -> str:
     return f"{b64url_json({'alg': alg, 'typ': 'JWT'})}.{b64url_json(payload)}."
 
@@ -142,6 +156,21 @@ ATTACKS: dict[str, Callable[[], dict[str, str]]] = {
     "numeric-string-iat": lambda: bearer(hmac_signed(claims(iat="0"))),
     "blank-sub": lambda: bearer(make_token(sub="   ")),
     "list-sub": lambda: bearer(hmac_signed(claims(sub=["tester"]))),
+    # Numbers too large to be dates, and subjects the audit trail cannot store: refused, not 500.
+    "huge-integer-exp": lambda: bearer(hmac_signed(claims(exp=10**400))),
+    "huge-integer-iat": lambda: bearer(hmac_signed(claims(iat=10**400))),
+    "huge-integer-nbf": lambda: bearer(hmac_signed(claims(nbf=10**400))),
+    "exp-after-year-9999": lambda: bearer(hmac_signed(claims(exp=253_402_300_800))),
+    "negative-iat": lambda: bearer(hmac_signed(claims(iat=-1))),
+    "lone-surrogate-sub": lambda: bearer(hmac_signed(claims(sub="tester\ud800"))),
+    "control-character-sub": lambda: bearer(hmac_signed(claims(sub="tester\nadmin"))),
+    "over-long-sub": lambda: bearer(hmac_signed(claims(sub="s" * 201))),
+    # A key named twice: readers disagree on which one counts, so the token counts for nothing.
+    "duplicate-alg-in-header": lambda: bearer(
+        raw_signed('{"alg":"none","alg":"HS256","typ":"JWT"}', json.dumps(claims()))
+    ),
+    "duplicate-persona-in-payload": lambda: bearer(repeated_key("persona", "exec", "admin")),
+    "duplicate-sub-in-payload": lambda: bearer(repeated_key("sub", "someone", "tester")),
     # crit: the service implements no extension, not even the b64 one PyJWT accepts.
     "crit-b64-that-pyjwt-accepts": lambda: with_header(crit=["b64"], b64=True),
     "crit-unknown-extension": lambda: with_header(crit=["exp"], exp=1),
@@ -699,6 +728,23 @@ async def test_plain_persona_claim_is_ignored_when_another_claim_is_configured(
     body = await graphql_viewer(namespaced_client, make_token("admin"))
     assert body["data"] is None
     assert [e["extensions"]["code"] for e in body["errors"]] == ["FORBIDDEN"]
+
+
+@pytest.mark.parametrize(
+    "persona",
+    [
+        pytest.param("EXEC", id="upper-case"),
+        pytest.param("Admin", id="capitalised"),
+        pytest.param("sta\u212aeholder", id="kelvin-sign-that-folds-to-k"),
+        pytest.param(" exec", id="leading-space"),
+    ],
+)
+async def test_persona_names_match_exactly_or_name_nothing(client: TestClient, persona: str) -> None:
+    body = await graphql_viewer(client, make_token(persona))
+    assert body["data"] is None
+    assert [e["extensions"]["code"] for e in body["errors"]] == ["FORBIDDEN"]
+    kpis = await client.get("/kpis", headers=bearer(make_token(persona)))
+    assert kpis.status == 403, await kpis.text()
 
 
 # --- configurations the service refuses ----------------------------------------------------------
