@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -20,11 +20,12 @@ from strawberry.extensions import (
     ValidationCache,
 )
 from strawberry.schema.config import StrawberryConfig
-from strawberry.types import ExecutionContext
+from strawberry.types import ExecutionContext, ExecutionResult
+from strawberry.types.graphql import OperationType
 
 from schema.incidents import IncidentMutation, IncidentQuery
 from schema.kpis import KpiMutation, KpiQuery
-from schema.limits import QueryCost
+from schema.limits import MAX_TOKENS, ListArguments, QueryCost, request_refusal
 from schema.observations import ObservationMutation
 from schema.scalars import DateTime
 
@@ -39,7 +40,6 @@ warnings.filterwarnings("ignore", message=UNSTARTED_RESOLVER, category=RuntimeWa
 
 MAX_DEPTH = 10
 MAX_ALIASES = 15
-MAX_TOKENS = 1000
 CACHE_SIZE = 256
 
 
@@ -69,12 +69,38 @@ class MimSchema(QuietSchema):
         super().__init__(**options)
         self.limit_rules = tuple(limit_rules)
 
+    async def execute(
+        self,
+        query: str | None,
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        allowed_operation_types: Iterable[OperationType] | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """Execute, unless the request's argument lists (variables included) exceed the limits."""
+        if query is not None:
+            refusal = request_refusal(query, operation_name, variable_values)
+            if refusal is not None:
+                return ExecutionResult(data=None, errors=[GraphQLError(refusal)])
+        return await super().execute(
+            query,
+            variable_values,
+            context_value,
+            root_value,
+            operation_name,
+            allowed_operation_types,
+            operation_extensions,
+        )
+
 
 def build_schema(*, introspection: bool = True) -> MimSchema:
     """Return the service's schema; without introspection it also makes no suggestions."""
     rules: list[type[ASTValidationRule]] = [
         *([] if introspection else DisableIntrospection().validation_rules),
         QueryCost,
+        ListArguments,
         *QueryDepthLimiter(max_depth=MAX_DEPTH).validation_rules,
         *MaxAliasesLimiter(max_alias_count=MAX_ALIASES).validation_rules,
     ]

@@ -14,6 +14,7 @@ from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRul
 from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 
 from schema import CACHE_SIZE, MAX_TOKENS, MimSchema
+from schema.limits import request_refusal
 from schema.plans import Fallback, NotCovered, Plan, compile_plan
 from server import db
 from server.auth import Viewer
@@ -77,8 +78,8 @@ class FastPath:
         ):
             return None
         plan = self.plan(query, operation_name)
-        if plan is None:
-            return None
+        if plan is None or request_refusal(query, operation_name, variables) is not None:
+            return None  # the executor refuses oversized argument lists in its own words
         try:
             data = await plan.run(viewer, variables or {})
         except (Fallback, AppError):

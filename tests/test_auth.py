@@ -739,7 +739,9 @@ async def test_plain_persona_claim_is_ignored_when_another_claim_is_configured(
         pytest.param(" exec", id="leading-space"),
     ],
 )
-async def test_persona_names_match_exactly_or_name_nothing(client: TestClient, persona: str) -> None:
+async def test_persona_names_match_exactly_or_name_nothing(
+    client: TestClient, persona: str
+) -> None:
     body = await graphql_viewer(client, make_token(persona))
     assert body["data"] is None
     assert [e["extensions"]["code"] for e in body["errors"]] == ["FORBIDDEN"]

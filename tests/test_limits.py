@@ -5,13 +5,16 @@ from __future__ import annotations
 import io
 import json
 import re
+from datetime import UTC, datetime
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from graphql import parse
 
+from schema.limits import estimate
 from server.app import create_app
 from server.config import Settings
-from server.tables import Incident
+from server.tables import Incident, KpiDefinition
 from tests.conftest import ENV, codes, gql, make_token
 
 SUGGESTION = re.compile("did you mean", re.IGNORECASE)
@@ -186,3 +189,112 @@ async def test_a_variable_default_does_not_lower_the_cost_estimate(client, sql_s
     assert codes(body) == ["BAD_USER_INPUT"]
     assert "too expensive" in body["errors"][0]["message"]
     assert sql_statements.count == 0
+
+
+# --- list arguments: written in the document or sent as variables --------------------------------
+
+PAGE_OF_KPIS = (
+    "query ($s: [String!], $b: Boolean!) { incidents(first: 100) { edges { node { "
+    "kpis(slugs: $s) @skip(if: $b) { value } } } } }"
+)
+
+
+NEW_YEAR = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+async def some_incidents(count: int = 3) -> None:
+    await Incident.insert(
+        *(
+            Incident(key=f"INC-{n}", title="t", severity="P1", detected_at=NEW_YEAR)
+            for n in range(count)
+        )
+    )
+
+
+@pytest.mark.parametrize("method", ["POST", "GET"])
+async def test_a_hundred_thousand_slugs_in_a_variable_are_refused_before_any_work(
+    client, sql_statements, method
+) -> None:
+    # Sorted once per incident, they held the event loop for 10 s (and every other request).
+    await some_incidents()
+    sql_statements.statements.clear()
+    # A GET's query string holds at most 8 KiB: enough for a few hundred.
+    count = 105_000 if method == "POST" else 300
+    variables = {"s": [f"k{n}" for n in range(count)], "b": False}
+    if method == "POST":
+        body = await gql(client, PAGE_OF_KPIS, variables, persona="exec")
+    else:
+        response = await client.get(
+            "/graphql",
+            params={"query": PAGE_OF_KPIS, "variables": json.dumps(variables)},
+            headers={"Authorization": f"Bearer {make_token('exec')}"},
+        )
+        body = await response.json()
+    assert codes(body) == ["BAD_USER_INPUT"], body
+    assert body.get("data") is None
+    assert "at most 100" in body["errors"][0]["message"]
+    assert sql_statements.count == 0
+
+
+async def test_a_hundred_slugs_are_accepted_and_a_hundred_and_one_are_not(client) -> None:
+    await some_incidents()
+    slugs = ["mttr", *(f"k{n}" for n in range(99))]
+    body = await gql(client, PAGE_OF_KPIS, {"s": slugs, "b": False}, persona="exec")
+    assert "errors" not in body, body
+    body = await gql(client, PAGE_OF_KPIS, {"s": [*slugs, "k99"], "b": False}, persona="exec")
+    assert codes(body) == ["BAD_USER_INPUT"]
+
+
+async def test_a_list_written_in_the_document_is_capped_too(client, sql_statements) -> None:
+    slugs = ", ".join(f'"k{n}"' for n in range(101))
+    query = f'{{ incident(id: "INC-1") {{ kpis(slugs: [{slugs}]) {{ value }} }} }}'
+    body = await gql(client, query)
+    assert codes(body) == ["BAD_USER_INPUT"]
+    assert "at most 100" in body["errors"][0]["message"]
+    assert sql_statements.count == 0
+
+
+async def test_a_list_inside_an_input_object_is_capped(client) -> None:
+    before = await KpiDefinition.count()
+    body = await gql(
+        client,
+        "mutation ($i: CreateKpiDefinitionInput!) { createKpiDefinition(input: $i) { slug } }",
+        {
+            "i": {
+                "slug": "wide",
+                "name": "n",
+                "description": "d",
+                "formula": "f",
+                "units": "u",
+                "visibility": "INTERNAL",
+                "owner": "o",
+                "reviewCadence": "P90D",
+                "dataSources": [f"s{n}" for n in range(101)],
+            }
+        },
+    )
+    assert codes(body) == ["BAD_USER_INPUT"]
+    assert await KpiDefinition.count() == before
+
+
+async def test_a_thousand_observations_may_be_recorded_in_one_call_but_not_more(
+    client, sql_statements
+) -> None:
+    document = (
+        "mutation ($o: [RecordObservationInput!]!) { recordObservations(inputs: $o) { value } }"
+    )
+    item = {"kpiSlug": "mttr", "incidentId": "INC-0", "timestamp": "2026-01-01T01:00:00Z"}
+    rows = [{**item, "value": 1.0, "source": "import"} for _ in range(1001)]
+    body = await gql(client, document, {"o": rows}, persona="ingest")
+    assert codes(body) == ["BAD_USER_INPUT"]
+    assert "at most 1000" in body["errors"][0]["message"]
+    assert sql_statements.count == 0
+
+
+def test_the_items_of_a_variable_list_count_in_the_cost_estimate() -> None:
+    document = parse(PAGE_OF_KPIS)
+    [operation] = document.definitions
+    without = estimate(document, operation)
+    with_slugs = estimate(document, operation, {"s": ["k"] * 100})
+    # read once per incident on a page of a hundred
+    assert with_slugs - without == 100 * 100
