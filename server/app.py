@@ -53,10 +53,40 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def _is_ide_page(request: web.Request) -> bool:
     return (
         request.method == "GET"
+        and not _is_upgrade(request)
         and request.path == "/graphql"
         and "query" not in request.query
         and "text/html" in request.headers.get("Accept", "")
     )
+
+
+def _is_upgrade(request: web.Request) -> bool:
+    connection = request.headers.get("Connection", "").lower()
+    return "Upgrade" in request.headers or "upgrade" in connection
+
+
+@web.middleware
+async def refuse_upgrades(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse every protocol upgrade (WebSocket included): the service has no subscriptions."""
+    if _is_upgrade(request):
+        return error_response(
+            400,
+            "BAD_USER_INPUT",
+            "Protocol upgrades are not accepted: this service has no "
+            "subscriptions; send queries over HTTP.",
+        )
+    return await handler(request)
+
+
+@web.middleware
+async def refuse_encoded_bodies(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a compressed request body: bodies are small, and decoding one is work we avoid."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        return error_response(
+            415, "BAD_USER_INPUT", "Content-Encoding is not accepted: send the body uncompressed."
+        )
+    return await handler(request)
 
 
 @web.middleware
@@ -129,12 +159,20 @@ class MimGraphQLView(GraphQLView[Context, None]):
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         body: dict[str, Any] | None = None
-        if request.method == "POST" and request.content_type == "application/json":
+        if request.method == "POST":
+            # aiohttp parses the media type: `application/jsonx` or `application/json-patch+json`
+            # is not JSON, whatever it contains.
+            if request.content_type != "application/json":
+                return error_response(
+                    415, "BAD_USER_INPUT", "Send the request body as application/json."
+                )
             body, refusal = read_body(await request.read())
             if refusal is not None:
                 return error_response(400, "BAD_USER_INPUT", refusal)
         elif request.method == "GET":
             body = read_query_string(request.query)
+            if body is not None and (refusal := operation_refusal(body)) is not None:
+                return error_response(400, "BAD_USER_INPUT", refusal)
         if body is not None and self.fast_path is not None:
             answer = await self.fast_path.respond(body, request.get(VIEWER, ANONYMOUS))
             if answer is not None:
@@ -174,9 +212,14 @@ def read_body(raw: bytes) -> tuple[dict[str, Any], str | None]:
         return {}, "Batched requests are not accepted: send one operation per request."
     if not isinstance(body, dict) or not isinstance(body.get("query"), str):
         return {}, "The request body must be a JSON object with a query string."
+    return body, operation_refusal(body)
+
+
+def operation_refusal(body: dict[str, Any]) -> str | None:
+    """Return why a request's document cannot run as sent (None if it may)."""
     if body.get("operationName") is None and _operation_count(body["query"]) > 1:
-        return body, "The document holds several operations: name the one to run in operationName."
-    return body, None
+        return "The document holds several operations: name the one to run in operationName."
+    return None
 
 
 def read_query_string(query: MultiMapping[str]) -> dict[str, Any] | None:
@@ -217,9 +260,11 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> web.Application:
     """Return the service's application for these settings."""
     app = web.Application(
-        middlewares=[mask_faults, authenticate],
+        middlewares=[refuse_upgrades, mask_faults, refuse_encoded_bodies, authenticate],
         # Room for long tokens, so that an oversized one meets the 401 and not a parser error.
-        handler_args={"max_field_size": MAX_HEADER_BYTES},
+        # Bodies are never decompressed by the parser (refuse_encoded_bodies refuses them), so a
+        # bad or unsupported encoding cannot fail below the middlewares.
+        handler_args={"max_field_size": MAX_HEADER_BYTES, "auto_decompress": False},
         client_max_size=MAX_BODY_BYTES,
     )
     app[SETTINGS] = settings
@@ -233,6 +278,7 @@ def create_app(settings: Settings) -> web.Application:
     view = MimGraphQLView(
         schema=served_schema,
         graphql_ide="graphiql" if settings.graphiql else None,
+        subscription_protocols=(),
         suggestions=settings.introspection,
         fast_path=fast_path,
     )

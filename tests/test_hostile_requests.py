@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
+import aiohttp
 import pytest
 
 from schema import schema
@@ -171,3 +173,127 @@ def test_text_utf8_cannot_hold_is_written_escaped() -> None:
     assert "café".encode() in view.encode_json({"message": "caf\u00e9"})  # UTF-8, no escape
     written = view.encode_json({"message": "x\ud800"})
     assert written == b'{"message":"x\\ud800"}'
+
+
+# --- protocol upgrades: the service has no subscriptions ------------------------------------------
+
+
+@pytest.mark.parametrize("persona", [None, "exec", "admin"])
+@pytest.mark.parametrize("protocol", ["graphql-transport-ws", "graphql-ws"])
+async def test_a_websocket_upgrade_is_refused_with_or_without_a_token(
+    client, persona, protocol
+) -> None:
+    # With Accept: text/html the upgrade once passed for the GraphiQL page, skipping the token.
+    extra = {"Authorization": f"Bearer {make_token(persona)}"} if persona else {}
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await client.ws_connect(
+            "/graphql", protocols=[protocol], headers={"Accept": "text/html", **extra}
+        )
+    assert refused.value.status == 400
+
+
+@pytest.mark.parametrize("path", ["/graphql", "/kpis", "/healthz"])
+async def test_an_upgrade_request_gets_a_coded_400_on_every_path(client, path) -> None:
+    response = await client.get(
+        path,
+        headers={
+            "Accept": "text/html",
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        },
+    )
+    assert response.status == 400
+    assert (await response.json())["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert "Server" not in response.headers
+
+
+async def test_the_graphiql_page_is_still_served_to_a_browser(client) -> None:
+    response = await client.get("/graphql", headers={"Accept": "text/html"})
+    assert response.status == 200
+    assert "graphiql" in (await response.text()).lower()
+
+
+# --- bodies that are not plain JSON ---------------------------------------------------------------
+
+MARK_REVIEWED = '{"query": "mutation { markKpiReviewed(slug: \\"mttr\\") { version } }"}'
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "zstd", "compress", "gzip, br"])
+async def test_a_content_encoding_is_refused_with_415_and_nothing_runs(client, encoding) -> None:
+    # gzip and deflate over a plain body were a 500; br a plain-text 400 naming the server.
+    versions = await KpiDefinition.select(KpiDefinition.version)
+    response = await client.post(
+        "/graphql",
+        data=MARK_REVIEWED.encode(),
+        headers={**headers(), "Content-Encoding": encoding},
+    )
+    assert response.status == 415, await response.text()
+    assert (await response.json())["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert "Server" not in response.headers
+    assert await KpiDefinition.select(KpiDefinition.version) == versions
+
+
+async def test_a_gzipped_body_is_refused_not_decoded(client) -> None:
+    versions = await KpiDefinition.select(KpiDefinition.version)
+    response = await client.post(
+        "/graphql",
+        data=gzip.compress(MARK_REVIEWED.encode()),
+        headers={**headers(), "Content-Encoding": "gzip"},
+    )
+    assert response.status == 415
+    assert await KpiDefinition.select(KpiDefinition.version) == versions
+
+
+@pytest.mark.parametrize("encoding", ["identity", "Identity"])
+async def test_an_identity_content_encoding_is_accepted(client, encoding) -> None:
+    response = await client.post(
+        "/graphql",
+        data=b'{"query": "{ viewer { subject } }"}',
+        headers={**headers(), "Content-Encoding": encoding},
+    )
+    assert (await response.json())["data"] == {"viewer": {"subject": "tester"}}
+
+
+TWO_OPERATIONS = (
+    'mutation B { markKpiReviewed(slug: "mttr") { version } } query A { viewer { subject } }'
+)
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/jsonx", "application/json-patch+json", "text/application/json", "json"],
+)
+async def test_a_media_type_that_merely_contains_json_is_415_and_runs_nothing(
+    client, content_type
+) -> None:
+    versions = await KpiDefinition.select(KpiDefinition.version)
+    response = await client.post(
+        "/graphql",
+        data=json.dumps({"query": TWO_OPERATIONS}).encode(),
+        headers=headers(content_type=content_type),
+    )
+    assert response.status == 415, await response.text()
+    assert (await response.json())["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert await KpiDefinition.select(KpiDefinition.version) == versions
+
+
+async def test_json_with_a_charset_is_accepted(client) -> None:
+    response = await client.post(
+        "/graphql",
+        data=b'{"query": "{ viewer { subject } }"}',
+        headers=headers(content_type="application/json; charset=utf-8"),
+    )
+    assert (await response.json())["data"] == {"viewer": {"subject": "tester"}}
+
+
+async def test_several_operations_over_get_without_a_name_are_refused(client) -> None:
+    document = "query B { kpis { slug } } query A { viewer { subject } }"
+    response = await client.get("/graphql", params={"query": document}, headers=headers())
+    body = await refusal(response)
+    assert "operationName" in body["errors"][0]["message"]
+    named = await client.get(
+        "/graphql", params={"query": document, "operationName": "A"}, headers=headers()
+    )
+    assert (await named.json())["data"] == {"viewer": {"subject": "tester"}}
