@@ -345,7 +345,7 @@ def _targets(raw: Sequence[Target]) -> tuple[Target, ...]:
         raise BadInput(f"targets: at most {MAX_TARGETS}")
     seen: set[tuple[object, object]] = set()
     for target in raw:
-        validate.finite(target.threshold, "targets.threshold")
+        validate.measure(target.threshold, "targets.threshold")
         key = (target.severity, target.persona)
         if key in seen:
             raise BadInput("targets: at most one target per (severity, persona)")

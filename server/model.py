@@ -6,6 +6,11 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
+# The largest magnitude a KPI value or target threshold may have. A trillion is far beyond any
+# duration, count or score an incident KPI measures, and a sum of such values cannot overflow a
+# double (it would take 10^296 of them), so every aggregate of stored values stays finite.
+MAX_VALUE = 1e12
+
 
 class Visibility(enum.Enum):
     INTERNAL = "internal"

@@ -163,7 +163,7 @@ def _checked(given: ObservationInput, n: int) -> ObservationInput:
             kpi_slug=given.kpi_slug,
             incident_key=given.incident_key,
             timestamp=validate.utc(given.timestamp, "timestamp"),
-            value=validate.finite(given.value, "value"),
+            value=validate.measure(given.value, "value"),
             source=validate.text(given.source, "source", max_length=64),
             confidence=validate.in_range(given.confidence, "confidence", 0.0, 1.0),
         )

@@ -10,6 +10,7 @@ from functools import lru_cache
 import isodate
 
 from server.errors import BadInput
+from server.model import MAX_VALUE
 
 # Incident data from before Unix time or after 2200 is a typo, and would break date arithmetic.
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
@@ -86,6 +87,14 @@ def finite(value: float, field: str) -> float:
     """Return a finite float."""
     if not math.isfinite(value):
         raise BadInput(f"{field} must be a finite number")
+    return float(value)
+
+
+def measure(value: float, field: str) -> float:
+    """Return a finite float no larger in magnitude than a KPI value may be."""
+    finite(value, field)
+    if abs(value) > MAX_VALUE:
+        raise BadInput(f"{field} must be between -{MAX_VALUE:g} and {MAX_VALUE:g}")
     return float(value)
 
 

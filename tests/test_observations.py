@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from server.tables import KpiObservation
+from server.tables import KpiDefinition, KpiObservation
 from tests.conftest import codes, gql, make_token
 
 RECORD = """
@@ -428,3 +428,50 @@ async def test_a_batch_repeating_a_stored_row_writes_only_the_new_ones(client) -
     assert "errors" not in body, body
     rows = await stored()
     assert [(r["value"], r["source"]) for r in rows] == [(42.0, "first"), (1.0, "import")]
+
+
+# --- the range a KPI value may take -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [1.7e308, -1.7e308, 1e12 + 1, -1.000001e12], ids=repr)
+async def test_a_value_beyond_a_trillion_is_bad_user_input_and_writes_nothing(
+    client, value
+) -> None:
+    body = await gql(client, RECORD, {"input": observation(value=value)}, persona="ingest")
+    assert codes(body) == ["BAD_USER_INPUT"], body
+    assert "value must be between" in body["errors"][0]["message"]
+    inputs = [*batch(3), observation(timestamp="2026-02-01T00:00:00Z", value=value)]
+    body = await gql(client, RECORD_MANY, {"inputs": inputs}, persona="ingest")
+    assert codes(body) == ["BAD_USER_INPUT"], body
+    assert await KpiObservation.count() == 0
+
+
+@pytest.mark.parametrize("persona", ["exec", "stakeholder", "responder", "admin"])
+async def test_the_largest_values_keep_every_aggregate_finite(client, persona) -> None:
+    # Two observations of 1.7e308 once made every exec dashboard answer INTERNAL.
+    for incident in ("INC-P1", "INC-P2"):
+        await record(client, incidentId=incident, value=1e12)
+    await record(client, incidentId="INC-P3", value=-1e12)
+    body = await gql(
+        client,
+        '{ kpi(slug: "mttr") { summary { count value } series(bucket: DAY, '
+        'from: "2026-01-01T00:00:00Z", to: "2026-01-02T00:00:00Z") { count mean p50 p90 } } }',
+        persona=persona,
+    )
+    assert "errors" not in body, body
+    kpi = body["data"]["kpi"]
+    assert kpi["summary"] == {"count": 3, "value": 1e12 / 3}
+    assert kpi["series"] == [{"count": 3, "mean": 1e12 / 3, "p50": 1e12, "p90": 1e12}]
+
+
+@pytest.mark.parametrize("threshold", [1e13, -1.7e308])
+async def test_a_target_beyond_a_trillion_is_bad_user_input(client, threshold) -> None:
+    versions = await KpiDefinition.select(KpiDefinition.version)
+    body = await gql(
+        client,
+        'mutation ($t: Float!) { updateKpiDefinition(slug: "mttr", input: {targets: '
+        "[{comparison: AT_MOST, threshold: $t}]}) { version } }",
+        {"t": threshold},
+    )
+    assert codes(body) == ["BAD_USER_INPUT"], body
+    assert await KpiDefinition.select(KpiDefinition.version) == versions

@@ -8,6 +8,7 @@ from server.formulas.compiler import check
 from server.formulas.data import IncidentData, Result
 from server.formulas.parser import parse
 from server.formulas.runtime import Env, Evaluator
+from server.model import MAX_VALUE
 
 
 class Formula:
@@ -23,11 +24,11 @@ class Formula:
         return f"Formula({self.source!r})"
 
     def evaluate(self, data: IncidentData) -> Result | None:
-        """Return the value for one incident, or None when its data gives no (finite) value."""
+        """Return the value for one incident, or None when its data gives none a KPI may hold."""
         env = Env(data)
         out = self._run(env, None)
-        if out is None or not math.isfinite(out[0]):
-            return None
+        if out is None or not math.isfinite(out[0]) or abs(out[0]) > MAX_VALUE:
+            return None  # as the set-based SELECT drops it
         as_of = out[1] if out[1] is not None else env.detected_at
         assert as_of is not None  # an incident always has detected_at
         return Result(value=float(out[0]), as_of=as_of)

@@ -20,7 +20,8 @@ infinity, compile() bounds every number's magnitude statically and gives up (ret
 result could overflow or underflow (PostgreSQL raises on both), so SQL never sees a non-finite
 value. Anything not supported also gives None, and the Python path stays the fallback:
 datetime +/- duration, phase_entered_at() of anything but a string literal or inside 'where', and
-formulas whose SQL would exceed MAX_SQL characters.
+formulas whose SQL would exceed MAX_SQL characters (checked as each part is built, so compiling
+gives up after little work).
 
 Known difference: on SQLite a duration longer than 2**53 microseconds (~285 years) is converted
 to a double before dividing by 1e6 (two roundings instead of one), so its last bit may differ.
@@ -40,6 +41,7 @@ from server.formulas.compiler import SCALAR_FUNCTIONS
 from server.formulas.errors import FormulaError
 from server.formulas.nodes import Binary, Call, Field, Literal, Name, Node, Unary
 from server.formulas.parser import parse
+from server.model import MAX_VALUE
 
 Dialect = Lit["sqlite", "postgres"]
 
@@ -159,12 +161,17 @@ def compile_sql(source: str, dialect: Dialect) -> Compiled | None:
         f"SELECT x.incident, x.as_of, x.value FROM (SELECT i.id AS incident, {asof} AS as_of, "
         f"{top.value} AS value FROM incident AS i{joins} "
         f"WHERE i.id BETWEEN {_lo(dialect)} AND {_hi(dialect)} "
-        f"AND ({since} IS NULL OR i.detected_at >= {since})) AS x WHERE x.value IS NOT NULL"
+        f"AND ({since} IS NULL OR i.detected_at >= {since})) AS x "
+        f"WHERE x.value BETWEEN {_bound(dialect, -MAX_VALUE)} AND {_bound(dialect, MAX_VALUE)}"
     )
     if len(select) > MAX_SQL:
         return None
     used = max(int(n) for n in re.findall(r"[?$](\d+)", select))
     return Compiled(source, dialect, select, tuple(ctx.literals), used)
+
+
+def _bound(dialect: Dialect, value: float) -> str:
+    return f"CAST({value!r} AS float8)" if dialect == "postgres" else repr(value)
 
 
 def _lo(dialect: Dialect) -> str:
@@ -218,6 +225,15 @@ class _Scope:
     # -- nodes -------------------------------------------------------------------------------
 
     def value(self, node: Node) -> Expr:
+        expr = self._value(node)
+        # Bound the work as the SQL grows, not after: every part is at most MAX_SQL long, so a
+        # part built from two of them is too, and a formula of MAX_NODES parts costs little to
+        # give up on (the Python evaluator then computes it).
+        if len(expr.value) + len(expr.asof or "") > MAX_SQL:
+            raise Unsupported("the SQL would be too long")
+        return expr
+
+    def _value(self, node: Node) -> Expr:
         if isinstance(node, Literal):
             return self.literal(node)
         if isinstance(node, Name):
@@ -331,9 +347,14 @@ class _Scope:
     def logic(self, op: str, left: Expr, right: Expr) -> Expr:
         """Three-valued and/or, as of the side that decided, or the later of both."""
         x, y = left.value, right.value
+        if left.asof is not None and left.asof == right.asof:
+            # Whichever side decides, the as-of is the same column: say it once, so that a chain
+            # of conditions on one item stays linear in size.
+            sure = left.sure and right.sure
+            return Expr(Type.BOOL, f"({x} {sql_op_of(op)} {y})", left.asof, sure)
         both, _ = self.later(left, right)
         decided = "NOT " if op == "and" else ""
-        sql_op = "AND" if op == "and" else "OR"
+        sql_op = sql_op_of(op)
         parts = []
         if left.asof is not None:
             parts.append(f"WHEN {decided}{x} THEN {left.asof}")
@@ -485,6 +506,11 @@ class _Scope:
         if spec.type is Type.NUMBER:
             return Expr(spec.type, column, f"{alias}.a", hi=_INT_MAX, lo=1.0)
         return Expr(spec.type, column, f"{alias}.a")
+
+
+def sql_op_of(op: str) -> str:
+    """Return the SQL keyword of a formula's logical operator."""
+    return "AND" if op == "and" else "OR"
 
 
 def later_sql(dialect: Dialect, a: str, a_sure: bool, b: str, b_sure: bool) -> str:
