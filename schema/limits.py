@@ -82,11 +82,16 @@ def request_refusal(query: str, operation_name: str | None, variables: Any) -> s
     operation = get_operation_ast(document, operation_name)
     if operation is None:
         return None
-    for name, items, cap in _argument_lists(document, variables or {}):
-        if items > cap:
+    # Only what the variables add: the validation rules report the document's own lists and cost
+    # in their own words, together with its other errors.
+    sent = _argument_lists(document, variables or {})
+    written = _argument_lists(document, {})
+    for (name, items, cap), (_, own, _) in zip(sent, written, strict=True):
+        if items > cap >= own:
             return f"The argument {name} holds {items} items; at most {cap} are accepted."
-    cost = estimate(document, operation, variables)
-    return _too_expensive(cost)
+    if _too_expensive(estimate(document, operation)) is not None:
+        return None
+    return _too_expensive(estimate(document, operation, variables))
 
 
 def _too_expensive(cost: int) -> str | None:
