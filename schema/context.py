@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from strawberry.types import Info as StrawberryInfo
@@ -10,9 +11,15 @@ from schema.loaders import Loaders
 from server.auth import Viewer
 
 
+async def _no_runner(slug: str) -> None:
+    """Without a recompute runner (a context made outside a server), queued jobs just wait."""
+
+
 @dataclass(slots=True)
 class Context:
     viewer: Viewer
+    # Gives the recompute a definition mutation queued its time to finish (server/jobs.py).
+    settle: Callable[[str], Awaitable[None]] = _no_runner
     loaders: Loaders = field(init=False)
 
     def __post_init__(self) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import strawberry
 
-from server.model import Comparison, Persona, Severity, Visibility
+from server.model import Comparison, Persona, RecomputeState, Severity, Visibility
 from server.trends import Bucket
 
-for _domain_enum in (Visibility, Persona, Severity, Comparison, Bucket):
+for _domain_enum in (Visibility, Persona, Severity, Comparison, Bucket, RecomputeState):
     strawberry.enum(_domain_enum)
 
 
-__all__ = ["Bucket", "Comparison", "Persona", "Severity", "Visibility"]
+__all__ = ["Bucket", "Comparison", "Persona", "RecomputeState", "Severity", "Visibility"]

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 import strawberry
 
 from schema.context import Info
-from schema.enums import Bucket, Comparison, Persona, Severity, Visibility
-from server import compute, kpis, model, policy, trends
+from schema.enums import Bucket, Comparison, Persona, RecomputeState, Severity, Visibility
+from server import kpis, model, policy, recompute, trends
 
 
 @strawberry.type(name="Viewer")
@@ -97,12 +97,42 @@ class KpiPoint:
         )
 
 
+@strawberry.type(
+    description="A KPI's recompute from incident data, run in the background batch by batch."
+)
+class KpiRecompute:
+    state: RecomputeState
+    version: int = strawberry.field(description="the definition version that queued it")
+    done: int = strawberry.field(description="incidents computed so far")
+    total: int = strawberry.field(description="incidents to compute (those there were when queued)")
+    queued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None = strawberry.field(description="why it failed; null unless FAILED")
+
+    @classmethod
+    def of(cls, job: model.Recompute) -> KpiRecompute:
+        return cls(
+            state=job.state,
+            version=job.version,
+            done=job.done,
+            total=job.total,
+            queued_at=job.queued_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            error=job.error,
+        )
+
+
 @strawberry.type
 class BackfillResult:
     kpi_slug: str
     incidents_scanned: int
     observations_written: int
     skipped: int
+    recompute: KpiRecompute = strawberry.field(
+        description="The job: the counts above are final once its state is DONE."
+    )
 
 
 @strawberry.type(name="KpiDefinition")
@@ -146,6 +176,13 @@ class KpiDefinitionType:
             updated_at=d.updated_at,
             definition=d,
         )
+
+    @strawberry.field(
+        description="The latest recompute of this KPI's observations; null if there was none."
+    )
+    async def recompute(self, info: Info) -> KpiRecompute | None:
+        job = await info.context.loaders.recompute.load(self.slug)
+        return KpiRecompute.of(job) if job is not None else None
 
     @strawberry.field(description="Newest first: the audit trail.")
     async def revisions(self, info: Info) -> list[KpiRevision]:
@@ -276,6 +313,7 @@ class KpiMutation:
         self, info: Info, input: CreateKpiDefinitionInput
     ) -> KpiDefinitionType:
         created = await kpis.create_definition(viewer=info.context.viewer, fields=_fields(input))
+        await info.context.settle(created.slug)
         return KpiDefinitionType.of(created)
 
     @strawberry.mutation
@@ -285,17 +323,24 @@ class KpiMutation:
         updated = await kpis.update_definition(
             viewer=info.context.viewer, slug=slug, fields=_fields(input), note=note
         )
+        await info.context.settle(slug)
         return KpiDefinitionType.of(updated)
 
-    @strawberry.mutation(description="Recompute a KPI's observations from incident data.")
+    @strawberry.mutation(
+        description="Recompute a KPI's observations from incident data: queued at once, then "
+        "run in the background; the answer comes when it is done or after a few seconds."
+    )
     async def backfill_kpi(self, info: Info, slug: str) -> BackfillResult:
-        results = await compute.backfill(viewer=info.context.viewer, slugs=[slug])
-        r = results[0]
+        viewer = info.context.viewer
+        await recompute.request(viewer=viewer, slug=slug)
+        await info.context.settle(slug)
+        job = (await recompute.jobs_by_slug(viewer=viewer, slugs=[slug]))[slug]
         return BackfillResult(
-            kpi_slug=r.kpi_slug,
-            incidents_scanned=r.incidents_scanned,
-            observations_written=r.observations_written,
-            skipped=r.skipped,
+            kpi_slug=slug,
+            incidents_scanned=job.done,
+            observations_written=job.written,
+            skipped=job.skipped,
+            recompute=KpiRecompute.of(job),
         )
 
     @strawberry.mutation

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from strawberry.dataloader import DataLoader as StrawberryDataLoader
 
-from server import incidents, kpis, observations
+from server import incidents, kpis, observations, recompute
 from server.auth import Viewer
 from server.model import (
     Alert,
@@ -16,6 +16,7 @@ from server.model import (
     Incident,
     Milestone,
     Observation,
+    Recompute,
     Revision,
     Summary,
     SurveyResponse,
@@ -47,6 +48,7 @@ class Loaders:
         self.viewer = viewer
         self.definition = DataLoader[str, Definition | None](self._definitions)
         self.revisions = DataLoader[str, list[Revision]](self._revisions)
+        self.recompute = DataLoader[str, Recompute | None](self._recomputes)
         self.summary = DataLoader[tuple[Definition, kpis.SummaryWindow], Summary](self._summaries)
         self.incident = DataLoader[int, Incident | None](self._incidents)
         self.alerts = DataLoader[int, list[Alert]](self._children(incidents.alerts_for))
@@ -59,6 +61,10 @@ class Loaders:
 
     async def _definitions(self, slugs: Sequence[str]) -> list[Definition | None]:
         found = await kpis.definitions_by_slug(viewer=self.viewer, slugs=slugs)
+        return [found.get(slug) for slug in slugs]
+
+    async def _recomputes(self, slugs: Sequence[str]) -> list[Recompute | None]:
+        found = await recompute.jobs_by_slug(viewer=self.viewer, slugs=slugs)
         return [found.get(slug) for slug in slugs]
 
     async def _revisions(self, slugs: Sequence[str]) -> list[list[Revision]]:

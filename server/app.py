@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import orjson
@@ -26,12 +26,14 @@ from server.auth import ANONYMOUS, TokenVerifier
 from server.config import Settings
 from server.errors import Unauthenticated
 from server.http import VIEWER, error_response
+from server.jobs import RecomputeRunner
 
 log = logging.getLogger("mim.http")
 
 SETTINGS = web.AppKey("settings", Settings)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
 FAST_PATH = web.AppKey("fast_path", FastPath)
+RUNNER = web.AppKey("recompute_runner", RecomputeRunner)
 
 UNAUTHENTICATED_BODY = json.dumps(
     {
@@ -194,7 +196,12 @@ class MimGraphQLView(GraphQLView[Context, None]):
 
     async def get_context(self, request: web.Request, response: Any) -> Context:
         # The GraphiQL page is served without a token; it renders no data.
-        return Context(viewer=request.get(VIEWER, ANONYMOUS))
+        return Context(
+            viewer=request.get(VIEWER, ANONYMOUS),
+            settle=partial(
+                request.app[RUNNER].settle, seconds=request.app[SETTINGS].recompute_wait
+            ),
+        )
 
 
 async def _without_server_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -257,6 +264,12 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     await db.close_engine()
 
 
+async def _recomputes(app: web.Application) -> AsyncIterator[None]:
+    await app[RUNNER].start()
+    yield
+    await app[RUNNER].stop()
+
+
 def create_app(settings: Settings) -> web.Application:
     """Return the service's application for these settings."""
     app = web.Application(
@@ -269,7 +282,9 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[VERIFIER] = TokenVerifier(settings)
+    app[RUNNER] = RecomputeRunner(poll_seconds=settings.recompute_poll_seconds)
     app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_recomputes)
     app.on_response_prepare.append(_without_server_header)
     served_schema = schema if settings.introspection else build_schema(introspection=False)
     fast_path = FastPath(served_schema) if settings.fast_path else None

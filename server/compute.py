@@ -108,12 +108,6 @@ async def incident_count(*, since: datetime | None = None) -> int:
     return await query
 
 
-async def recompute_kpi(slug: str) -> BackfillResult | None:
-    """Recompute one KPI for every incident (its caller holds the definition's transaction)."""
-    results = await run(await computed_kpis([slug]))
-    return results[0] if results else None
-
-
 async def forget_kpi(slug: str) -> None:
     """Remove a KPI's computed rows once it has no formula: nothing produces them any more."""
     await _fetch("DELETE FROM kpi_observation WHERE kpi = {} AND source = {}", slug, COMPUTED)
@@ -153,20 +147,44 @@ async def run(
     return [results[k.slug] for k in kpis]
 
 
+async def run_one(
+    kpi: ComputedKpi, *, after: int, batch_size: int = BATCH_SIZE, on_batch: setbased.BatchHook
+) -> None:
+    """Compute one KPI for the incidents after id `after`, each batch joined by `on_batch`."""
+    counts = await setbased.backfill_kpi(
+        kpi, since=None, batch_size=max(batch_size, SET_BASED_BATCH), after=after, on_batch=on_batch
+    )
+    if counts is None:
+        results = {kpi.slug: BackfillResult(kpi.slug)}
+        await _run_in_python([kpi], results, None, batch_size, None, after=after, on_batch=on_batch)
+
+
 async def _run_in_python(
     kpis: Sequence[ComputedKpi],
     results: dict[str, BackfillResult],
     since: datetime | None,
     batch_size: int,
     progress: Callable[[int], None] | None,
+    *,
+    after: int = 0,
+    on_batch: setbased.BatchHook | None = None,
 ) -> None:
-    after = 0
     while True:
         async with db.transaction():
             batch = await _incident_batch(after, since, batch_size)
             if not batch:
                 break
+            before = [(r.observations_written, r.skipped) for r in results.values()]
             await _compute(kpis, batch, results)
+            if on_batch is not None:
+                written = sum(r.observations_written for r in results.values())
+                skipped = sum(r.skipped for r in results.values())
+                await on_batch(
+                    batch[-1].pk,
+                    len(batch),
+                    written - sum(w for w, _ in before),
+                    skipped - sum(k for _, k in before),
+                )
         after = batch[-1].pk
         if progress is not None:
             progress(len(batch))

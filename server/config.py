@@ -40,6 +40,16 @@ class Settings:
     fast_path: bool = True
     request_timeout_seconds: float = 15.0
     statement_timeout_seconds: float = 10.0
+    # How long a definition mutation waits for the recompute it queued before answering with the
+    # job still running (it never waits past half the request time limit), and how often each
+    # worker looks for jobs another worker queued or left behind (0: only at start and its own).
+    recompute_wait_seconds: float = 2.0
+    recompute_poll_seconds: float = 5.0
+
+    @property
+    def recompute_wait(self) -> float:
+        """Return the seconds a mutation may wait for its recompute."""
+        return min(self.recompute_wait_seconds, self.request_timeout_seconds / 2)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -73,6 +83,8 @@ class Settings:
             fast_path=_flag(env, "MIM_FAST_PATH", True),
             request_timeout_seconds=_seconds(env, "MIM_REQUEST_TIMEOUT", 15.0),
             statement_timeout_seconds=_seconds(env, "MIM_STATEMENT_TIMEOUT", 10.0),
+            recompute_wait_seconds=_seconds(env, "MIM_RECOMPUTE_WAIT", 2.0, zero=True),
+            recompute_poll_seconds=_seconds(env, "MIM_RECOMPUTE_POLL", 5.0, zero=True),
         )
 
 
@@ -126,7 +138,7 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be 1 or 0, not {raw!r}")
 
 
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+def _seconds(env: Mapping[str, str], name: str, default: float, *, zero: bool = False) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -134,7 +146,7 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number of seconds, not {raw!r}") from None
-    if not 0 < value <= 3600:
+    if not (value >= 0 if zero else value > 0) or not value <= 3600:
         raise ConfigError(f"{name} must be between 0 and 3600 seconds")
     return value
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from piccolo.query.functions.aggregate import Avg, Count
 
-from server import compute, db, policy, targets, validate
+from server import compute, db, policy, recompute, targets, validate
 from server.auth import Viewer
 from server.errors import BadInput, Conflict, NotFound
 from server.formulas import compile_formula
@@ -225,7 +225,8 @@ async def create_definition(*, viewer: Viewer, fields: Mapping[str, Any]) -> Def
         ]
         await _record_revision(values["slug"], 1, now, viewer.subject, None, changes)
         if values["expression"] is not None:
-            await compute.recompute_kpi(values["slug"])
+            # Computed in the background (server/recompute.py): this commits at once.
+            await recompute.queue(values["slug"], 1)
     return await _require(viewer, values["slug"])
 
 
@@ -249,8 +250,9 @@ async def update_definition(
         if any(c.field == "expression" for c in changes):
             if values["expression"] is None:
                 await compute.forget_kpi(slug)
+                await recompute.cancel(slug)
             else:
-                await compute.recompute_kpi(slug)
+                await recompute.queue(slug, current.version + 1)
     return await _require(viewer, slug)
 
 

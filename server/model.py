@@ -148,3 +148,27 @@ class Summary:
     value: float | None
     target: Target | None
     meets_target: bool | None
+
+
+class RecomputeState(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Recompute:
+    """A KPI's recompute job: how far it has got, and how it ended."""
+
+    kpi: str
+    version: int
+    state: RecomputeState
+    done: int
+    total: int
+    written: int
+    skipped: int
+    queued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None

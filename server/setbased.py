@@ -15,6 +15,7 @@ incidents. A formula that does not compile to SQL gives None: the caller uses th
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Protocol
@@ -65,20 +66,29 @@ def supports(kpi: Any) -> bool:
     return compiled(source_of(kpi), dialect()) is not None
 
 
-async def backfill_kpi(
-    kpi: Any, *, since: datetime | None, batch_size: int
-) -> tuple[int, int, int] | None:
-    """Recompute one KPI for all incidents (detected since `since`) in SQL, batch by batch.
+# Called inside each batch's transaction with (last incident id, scanned, written, skipped).
+BatchHook = Callable[[int, int, int, int], Awaitable[None]]
 
-    Return (incidents scanned, observations written, skipped), or None when the formula does not
-    compile to SQL (nothing was done then).
+
+async def backfill_kpi(
+    kpi: Any,
+    *,
+    since: datetime | None,
+    batch_size: int,
+    after: int = 0,
+    on_batch: BatchHook | None = None,
+) -> tuple[int, int, int] | None:
+    """Recompute one KPI for the incidents after id `after` (detected since `since`) in SQL.
+
+    Batch by batch, each in its own transaction (which `on_batch` joins). Return (incidents
+    scanned, observations written, skipped), or None when the formula does not compile to SQL
+    (nothing was done then).
     """
     which = dialect()
     query = compiled(source_of(kpi), which)
     if query is None:
         return None
     scanned = written = skipped = 0
-    after = 0
     while True:
         async with db.transaction():
             connection = _connection()
@@ -92,6 +102,8 @@ async def backfill_kpi(
                 changed, fresh = await _write_postgres(connection, query, params)
             else:
                 changed, fresh = await _write_sqlite(connection, query, params)
+            if on_batch is not None:
+                await on_batch(hi, count, changed, count - fresh)
         scanned += count
         written += changed
         skipped += count - fresh

@@ -96,6 +96,25 @@ class KpiObservation(Table, tablename="kpi_observation"):
     recorded_at = Timestamptz()
 
 
+class KpiRecompute(Table, tablename="kpi_recompute"):
+    """One KPI's recompute job: its state, progress, and the lease of the runner that holds it."""
+
+    kpi = Varchar(length=64, primary_key=True)
+    version = Integer()  # the definition version that queued it
+    state = Varchar(length=16)
+    done = Integer(default=0)  # incidents scanned so far
+    total = Integer(default=0)
+    written = Integer(default=0)
+    skipped = Integer(default=0)
+    after_incident = Integer(default=0)  # the last incident id of the last committed batch
+    queued_at = Timestamptz()
+    started_at = Timestamptz(null=True, default=None)
+    finished_at = Timestamptz(null=True, default=None)
+    error = Text(null=True, default=None)
+    runner = Varchar(length=128, null=True, default=None)
+    lease_until = Timestamptz(null=True, default=None)
+
+
 TABLES: list[type[Table]] = [
     KpiDefinition,
     KpiRevision,
@@ -105,4 +124,5 @@ TABLES: list[type[Table]] = [
     Milestone,
     SurveyResponse,
     KpiObservation,
+    KpiRecompute,
 ]

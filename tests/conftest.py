@@ -30,6 +30,10 @@ ENV = {
     "DATABASE_URL": DATABASE_URL,
     "MIM_JWT_SECRET": TEST_SECRET,
     "MIM_JWT_SECRET_FILE": str(_TMP / "unused-secret"),
+    # A definition mutation waits for its recompute (the tests' data is small), and no runner
+    # looks for jobs on a timer, so no statement runs that a test did not ask for.
+    "MIM_RECOMPUTE_WAIT": "3600",
+    "MIM_RECOMPUTE_POLL": "0",
 }
 
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
