@@ -32,7 +32,7 @@ run: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy server schema
+	$(BIN)/mypy server schema registry
 
 test: lint
 	$(BIN)/pytest

@@ -4,8 +4,8 @@ import os
 
 from piccolo.conf.apps import AppRegistry
 
-from server.db import engine_from_url
+from registry.db import engine_from_url
 
 DB = engine_from_url(os.environ.get("DATABASE_URL", "sqlite:///mim.sqlite3"))
 
-APP_REGISTRY = AppRegistry(apps=["server.piccolo_app"])
+APP_REGISTRY = AppRegistry(apps=["registry.piccolo_app"])

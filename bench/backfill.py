@@ -81,7 +81,7 @@ UPSERT = (
 # ---------------------------------------------------------------------------------------------
 # The baseline: one set-based statement per seed KPI.
 #
-# What the formulas compute (server/formulas: runtime, aggregates, compiler, ops), per incident:
+# What the formulas compute (registry/formulas: runtime, aggregates, compiler, ops), per incident:
 #   mttr     value (resolved_at - detected_at) in minutes; none when resolved_at is null.
 #            as of later(resolved_at, detected_at): a binary op takes the later as-of of its sides.
 #   mtta     phase_entered_at("gather") = earliest occurred_at of a timeline entry whose phase is
@@ -365,7 +365,7 @@ def current_rss_mib() -> float:
 
 async def service_backfill() -> list[Any]:
     """The service's full backfill of every computed KPI, exactly as the issue names it."""
-    from server import compute
+    from registry import compute
 
     return await compute.run(await compute.computed_kpis())
 
@@ -379,7 +379,7 @@ async def timed(run: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
 def source_digest() -> str:
     """A short hash of the service's compute and formula code, to tie figures to a version."""
     digest = hashlib.sha1()
-    for path in sorted([ROOT / "server/compute.py", *(ROOT / "server/formulas").glob("*.py")]):
+    for path in sorted([ROOT / "registry/compute.py", *(ROOT / "registry/formulas").glob("*.py")]):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
@@ -427,7 +427,7 @@ async def bench(args: argparse.Namespace, url: str) -> Report:
 
     from piccolo.apps.migrations.commands.forwards import run_forwards
 
-    from server import db
+    from registry import db
 
     with contextlib.redirect_stdout(sys.stderr):  # Piccolo's progress lines
         migrated = await run_forwards(app_name="mim")

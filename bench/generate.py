@@ -221,7 +221,7 @@ def dialect_of(url: str) -> Dialect:
 
 
 def sqlite_file(url: str) -> str:
-    """Return the file of a sqlite:///relative or sqlite:////absolute URL (as server/db.py)."""
+    """Return the file of a sqlite:///relative or sqlite:////absolute URL (as registry/db.py)."""
     path = unquote(urlparse(url).path)
     return path[1:] if path.startswith("/") else path
 

@@ -28,7 +28,7 @@ import orjson
 from aiohttp import web
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/mim_perf_bench"
-POOL_SIZE = 10  # the service's pool (server/db.py)
+POOL_SIZE = 10  # the service's pool (registry/db.py)
 
 Q1 = "{ kpis { slug name units visibility targets { severity persona comparison threshold } } }"
 Q2 = (

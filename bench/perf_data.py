@@ -92,7 +92,7 @@ async def prepare(url: str, incidents: int, observations: int) -> dict[str, obje
     finally:
         await conn.close()
 
-    from server import compute
+    from registry import compute
 
     started = time.perf_counter()
     await compute.run(await compute.computed_kpis())

@@ -71,7 +71,7 @@ async def inline_recompute(expression: str | None = None) -> float:
     With an expression, mttr gets it (and a new version) first, so every row is rewritten, as
     after a real change.
     """
-    from server import compute, db
+    from registry import compute, db
 
     await db.open_engine()
     try:

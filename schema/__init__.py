@@ -32,7 +32,7 @@ from schema.scalars import DateTime
 # graphql-core 3.3 cancels the tasks of a failed field's siblings; a task cancelled before its first
 # step never awaits the resolver coroutine it was handed, and Python warns when that coroutine is
 # collected. The resolver never ran and its answer was not wanted, so the warning is noise
-# (tests/test_errors.py reproduces it; pyproject.toml silences the same text in tests).
+# (tests/schema/test_errors.py reproduces it; pyproject.toml silences the same text in tests).
 UNSTARTED_RESOLVER = (
     r"coroutine 'GraphQLCoreConverter\.from_resolver\.<locals>\._async_resolver' was never awaited"
 )

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from strawberry.types import Info as StrawberryInfo
 
+from registry.model import Viewer
 from schema.loaders import Loaders
-from server.auth import Viewer
 
 
 async def _no_runner(slug: str) -> None:

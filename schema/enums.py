@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import strawberry
 
-from server.model import Comparison, Persona, RecomputeState, Severity, Visibility
-from server.trends import Bucket
+from registry.model import Comparison, Persona, RecomputeState, Severity, Visibility
+from registry.trends import Bucket
 
 for _domain_enum in (Visibility, Persona, Severity, Comparison, Bucket, RecomputeState):
     strawberry.enum(_domain_enum)

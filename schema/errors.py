@@ -7,8 +7,8 @@ import re
 
 from graphql.error import GraphQLError
 
-from server import db
-from server.errors import AppError
+from registry import db
+from registry.errors import AppError
 
 log = logging.getLogger("mim.graphql")
 

@@ -13,12 +13,12 @@ from graphql.error import GraphQLError
 from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRule
 from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 
+from registry import db
+from registry.errors import AppError
+from registry.model import Viewer
 from schema import CACHE_SIZE, MAX_TOKENS, MimSchema
 from schema.limits import request_refusal
 from schema.plans import Fallback, NotCovered, Plan, compile_plan
-from server import db
-from server.auth import Viewer
-from server.errors import AppError
 
 log = logging.getLogger("mim.fast_path")
 

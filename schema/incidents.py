@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import strawberry
 
+from registry import incidents, model
 from schema.context import Info
 from schema.enums import Severity
-from server import incidents, model
 
 if TYPE_CHECKING:
     from schema.observations import KpiObservation

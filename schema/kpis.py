@@ -7,9 +7,9 @@ from typing import Annotated, Any
 
 import strawberry
 
+from registry import kpis, model, policy, recompute, trends
 from schema.context import Info
 from schema.enums import Bucket, Comparison, Persona, RecomputeState, Severity, Visibility
-from server import kpis, model, policy, recompute, trends
 
 
 @strawberry.type(name="Viewer")

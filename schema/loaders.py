@@ -8,9 +8,8 @@ from typing import TypeVar
 
 from strawberry.dataloader import DataLoader as StrawberryDataLoader
 
-from server import incidents, kpis, observations, recompute
-from server.auth import Viewer
-from server.model import (
+from registry import incidents, kpis, observations, recompute
+from registry.model import (
     Alert,
     Definition,
     Incident,
@@ -21,6 +20,7 @@ from server.model import (
     Summary,
     SurveyResponse,
     TimelineEvent,
+    Viewer,
 )
 
 K = TypeVar("K", bound=Hashable)

@@ -7,10 +7,10 @@ from typing import Annotated
 
 import strawberry
 
+from registry import model, observations, targets
 from schema.context import Info
 from schema.incidents import IncidentType
 from schema.kpis import KpiDefinitionType
-from server import model, observations, targets
 
 
 @strawberry.type

@@ -8,7 +8,7 @@ resolvers use (so the visibility policy applies in the same SQL). Each object sh
 generated function that builds the object from its row (see Shape.seal). Whatever a plan does not
 cover raises NotCovered at compile time; whatever a request needs that a plan cannot answer
 exactly as the standard executor would (an error of any kind) raises Fallback at run time. In
-both cases the standard executor answers; tests/test_fast_path.py holds the two to the same
+both cases the standard executor answers; tests/schema/test_fast_path.py holds the two to the same
 responses.
 """
 
@@ -38,9 +38,9 @@ from graphql.error import GraphQLError
 from graphql.execution.values import VariableValues, get_argument_values, get_variable_values
 from graphql.utilities import get_operation_ast
 
-from server import incidents, kpis, observations, policy, targets
-from server.auth import Viewer
-from server.model import Persona, Severity, Target, Visibility
+from registry import incidents, kpis, observations, policy, targets
+from registry.model import Persona, Severity, Target, Viewer, Visibility
+from registry.rows import REVIEW_DUE_COLUMNS, json_list, review_due, target_list
 
 Row = Mapping[str, Any]
 Getter = Callable[[Any, "Run"], Any]
@@ -217,8 +217,8 @@ def _column(name: str, convert: Callable[[Any], Any] | None = None) -> ColumnAt:
 
 
 def _review_due(prefix: str) -> Getter:
-    reviewed, created, cadence = (prefix + c for c in kpis.REVIEW_DUE_COLUMNS)
-    return lambda row, run: kpis.review_due(row[reviewed], row[created], row[cadence])
+    reviewed, created, cadence = (prefix + c for c in REVIEW_DUE_COLUMNS)
+    return lambda row, run: review_due(row[reviewed], row[created], row[cadence])
 
 
 DEFINITION_SCALARS: dict[str, tuple[tuple[str, ...], ColumnAt]] = {
@@ -228,12 +228,12 @@ DEFINITION_SCALARS: dict[str, tuple[tuple[str, ...], ColumnAt]] = {
     "formula": (("formula",), _column("formula")),
     "expression": (("expression",), _column("expression")),
     "units": (("units",), _column("units")),
-    "dataSources": (("data_sources",), _column("data_sources", kpis.json_list)),
+    "dataSources": (("data_sources",), _column("data_sources", json_list)),
     "visibility": (("visibility",), _column("visibility", _VISIBILITY.__getitem__)),
     "owner": (("owner",), _column("owner")),
     "reviewCadence": (("review_cadence",), _column("review_cadence")),
     "lastReviewedAt": (("last_reviewed_at",), _column("last_reviewed_at")),
-    "reviewDueAt": (kpis.REVIEW_DUE_COLUMNS, _review_due),
+    "reviewDueAt": (REVIEW_DUE_COLUMNS, _review_due),
     "version": (("version",), _column("version")),
     "createdAt": (("created_at",), _column("created_at")),
     "updatedAt": (("updated_at",), _column("updated_at")),
@@ -706,7 +706,7 @@ def _parent(incident: Shape) -> Getter:
 
 def _meets_target(row: Row, run: Run) -> bool | None:
     target = targets.applicable(
-        kpis.target_list(row["kpi_targets"]),
+        target_list(row["kpi_targets"]),
         severity=Severity(run.incidents[row["incident"]]["severity"]),
         personas=run.viewer.personas,
     )
@@ -715,7 +715,7 @@ def _meets_target(row: Row, run: Run) -> bool | None:
 
 def _targets(column: str, shape: Shape) -> Getter:
     def get(row: Row, run: Run) -> list[dict[str, Any]]:
-        found: tuple[Target, ...] = kpis.target_list(row[column])
+        found: tuple[Target, ...] = target_list(row[column])
         return [shape.build(target, run) for target in found]
 
     return get

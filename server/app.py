@@ -17,14 +17,16 @@ from strawberry.aiohttp.views import GraphQLView
 from strawberry.http import process_result
 from strawberry.types import ExecutionResult
 
+from registry import db
+from registry.errors import Unauthenticated
+from registry.model import ANONYMOUS
 from schema import MAX_TOKENS, build_schema, schema
 from schema.context import Context
 from schema.errors import INTERNAL_MESSAGE, TIMEOUT_MESSAGE, UNAVAILABLE_MESSAGE, coded_errors
 from schema.fast_path import FastPath
-from server import db, health, rest
-from server.auth import ANONYMOUS, TokenVerifier
+from server import health, rest
+from server.auth import TokenVerifier
 from server.config import Settings
-from server.errors import Unauthenticated
 from server.http import VIEWER, error_response
 from server.jobs import RecomputeRunner
 

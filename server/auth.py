@@ -15,16 +15,15 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from registry.errors import Unauthenticated
+from registry.model import Persona, Viewer
 from server.config import HMAC_ALGORITHMS, MIN_HMAC_SECRET_BYTES, ConfigError, Settings
-from server.errors import Unauthenticated
-from server.model import Persona
 
 log = logging.getLogger("mim.auth")
 
@@ -58,16 +57,6 @@ VERIFIED_TOKENS = 4096
 _RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 _EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 _MIN_RSA_BITS = 2048
-
-
-@dataclass(frozen=True, slots=True)
-class Viewer:
-    subject: str
-    personas: frozenset[Persona]
-
-
-# Who a request is before a token proves otherwise: denied everything by the policy.
-ANONYMOUS = Viewer(subject="", personas=frozenset())
 
 
 class JwksKeys:

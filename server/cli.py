@@ -10,10 +10,9 @@ from typing import Any
 
 import click
 
+from registry.model import Persona, Viewer
 from server import logs
-from server.auth import Viewer
 from server.config import ConfigError, Settings
-from server.model import Persona
 
 
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -165,7 +164,7 @@ def kpi() -> None:
 @kpi.command("list")
 def kpi_list() -> None:
     """List every KPI definition (as an admin sees them)."""
-    from server import kpis
+    from registry import kpis
 
     operator = Viewer(subject="cli", personas=frozenset({Persona.ADMIN}))
     rows = _run(kpis.list_definitions(viewer=operator))
@@ -192,8 +191,8 @@ def kpi_backfill(
     """Recompute observations from incident data, overwriting computed ones by key."""
     if every == bool(slugs):
         raise click.UsageError("give --kpi SLUG (one or more) or --all")
-    from server import compute
-    from server.errors import AppError
+    from registry import compute
+    from registry.errors import AppError
 
     operator = Viewer(subject="cli", personas=frozenset({Persona.ADMIN}))
     start = since.replace(tzinfo=UTC) if since else None

@@ -6,8 +6,8 @@ import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from server import compute, db
-from server.tables import (
+from registry import compute, db
+from registry.tables import (
     Alert,
     Incident,
     Milestone,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from server import db
-from server.piccolo_app import APP_CONFIG
+from registry import db
+from registry.piccolo_app import APP_CONFIG
 
 log = logging.getLogger("mim.health")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server.auth import Viewer
+from registry.model import Viewer
 
 VIEWER = web.RequestKey("viewer", Viewer)
 

@@ -1,6 +1,6 @@
 """The recompute runner of one worker process: runs queued jobs as background tasks.
 
-Jobs live in the database (server/recompute.py), so every worker sees them. A runner looks for
+Jobs live in the database (registry/recompute.py), so every worker sees them. A runner looks for
 jobs waiting for a runner when it starts (a job whose worker died resumes), whenever this process
 queues one, and every `poll_seconds`; it runs each in a task of its own, outside any request, so
 a job outlives the request that queued it and is stopped only when the process stops.
@@ -18,7 +18,7 @@ import socket
 from collections.abc import Coroutine
 from typing import Any
 
-from server import db, recompute
+from registry import db, recompute
 
 log = logging.getLogger("mim.jobs")
 

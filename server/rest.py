@@ -8,10 +8,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from server import kpis, observations, targets
-from server.errors import AppError, BadInput
+from registry import kpis, observations, targets
+from registry.errors import AppError, BadInput
+from registry.model import Definition, Incident, Observation, Target, Visibility
 from server.http import error_response, viewer_of
-from server.model import Definition, Incident, Observation, Target, Visibility
 
 
 def add_routes(app: web.Application) -> None:

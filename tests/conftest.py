@@ -38,10 +38,10 @@ ENV = {
 
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 
+from registry.tables import TABLES, KpiDefinition, KpiRevision  # noqa: E402
 from server import db  # noqa: E402
 from server.app import create_app  # noqa: E402
 from server.config import Settings  # noqa: E402
-from server.tables import TABLES, KpiDefinition, KpiRevision  # noqa: E402
 
 PERSONAS = ("exec", "stakeholder", "responder", "ingest", "admin")
 EXEC_ONLY = ("exec", "stakeholder")

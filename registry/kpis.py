@@ -1,0 +1,372 @@
+"""KPI definitions: read under the visibility policy, changed by admins with a revision each."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from piccolo.query.functions.aggregate import Avg, Count
+
+from registry import compute, db, policy, recompute, targets, validate
+from registry.errors import BadInput, Conflict, NotFound
+from registry.formulas import compile_formula
+from registry.model import (
+    Definition,
+    FieldChange,
+    Revision,
+    Severity,
+    Summary,
+    Target,
+    Viewer,
+    Visibility,
+)
+from registry.rows import DEFINITION_COLUMNS, checked_columns, definition_from_row
+from registry.tables import KpiDefinition, KpiObservation, KpiRevision
+
+# Domain field -> the name clients know it by, used in revisions.
+PUBLIC_NAMES = {
+    "slug": "slug",
+    "name": "name",
+    "description": "description",
+    "formula": "formula",
+    "expression": "expression",
+    "units": "units",
+    "targets": "targets",
+    "data_sources": "dataSources",
+    "visibility": "visibility",
+    "owner": "owner",
+    "review_cadence": "reviewCadence",
+    "last_reviewed_at": "lastReviewedAt",
+}
+EDITABLE = tuple(f for f in PUBLIC_NAMES if f not in ("slug", "last_reviewed_at"))
+MAX_TARGETS = 50
+MAX_DATA_SOURCES = 50
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryWindow:
+    start: datetime | None = None
+    end: datetime | None = None
+    severity: Severity | None = None
+
+    @classmethod
+    def checked(
+        cls, start: datetime | None, end: datetime | None, severity: Severity | None
+    ) -> SummaryWindow:
+        """Return a window whose bounds are valid UTC date-times, `from` before `to`."""
+        start = validate.optional_utc(start, "from")
+        end = validate.optional_utc(end, "to")
+        if start is not None and end is not None and end <= start:
+            raise BadInput("to must be after from")
+        return cls(start=start, end=end, severity=severity)
+
+
+async def definition_rows(
+    *,
+    viewer: Viewer,
+    columns: Sequence[str] = DEFINITION_COLUMNS,
+    visibility: Visibility | None = None,
+    slugs: Sequence[str] | None = None,
+) -> Sequence[Mapping[str, Any]]:
+    """Return the rows of the definitions the viewer may see, by slug: only `columns`."""
+    statement = db.statement()
+    sql = (
+        f"SELECT {_column_list(columns)} FROM kpi_definition"
+        f" WHERE visibility {statement.one_of(policy.readable(viewer))}"
+    )
+    if visibility is not None:
+        sql += f" AND visibility = {statement.arg(visibility.value)}"
+    if slugs is not None:
+        slugs = sorted({s for s in slugs if validate.is_slug(s)})
+        if not slugs:
+            return []
+        sql += f" AND slug {statement.one_of(slugs)}"
+    return await db.fetch(sql + " ORDER BY slug", statement.args)
+
+
+def _column_list(columns: Sequence[str]) -> str:
+    if not columns:
+        raise ValueError("name at least one column")
+    return ", ".join(checked_columns(columns))
+
+
+async def list_definitions(
+    *, viewer: Viewer, visibility: Visibility | None = None
+) -> list[Definition]:
+    """Return the definitions the viewer may see, by slug."""
+    found = await definition_rows(viewer=viewer, visibility=visibility)
+    return [definition_from_row(row) for row in found]
+
+
+async def get_definition(*, viewer: Viewer, slug: str) -> Definition | None:
+    """Return one definition, or None when it does not exist or the viewer may not see it."""
+    found = await definitions_by_slug(viewer=viewer, slugs=[slug])
+    return found.get(slug)
+
+
+async def definitions_by_slug(*, viewer: Viewer, slugs: Sequence[str]) -> dict[str, Definition]:
+    """Return the visible definitions among `slugs`, keyed by slug."""
+    found = await definition_rows(viewer=viewer, slugs=slugs)
+    return {row["slug"]: definition_from_row(row) for row in found}
+
+
+async def revisions_by_slug(*, viewer: Viewer, slugs: Sequence[str]) -> dict[str, list[Revision]]:
+    """Return each visible definition's revisions, newest first."""
+    if not slugs:
+        return {}
+    rows = await (
+        KpiRevision.select()
+        .where(
+            KpiRevision.kpi._.visibility.is_in(policy.readable(viewer)),
+            KpiRevision.kpi.is_in(list(set(slugs))),
+        )
+        .order_by(KpiRevision.version, ascending=False)
+        .output(load_json=True)
+    )
+    found: dict[str, list[Revision]] = {slug: [] for slug in slugs}
+    for row in rows:
+        found[row["kpi"]].append(_revision(row))
+    return found
+
+
+async def summaries(
+    *, viewer: Viewer, keys: Sequence[tuple[Definition, SummaryWindow]]
+) -> list[Summary]:
+    """Return a summary per (definition, window): one grouped query per distinct window."""
+    by_window: dict[SummaryWindow, list[str]] = {}
+    for definition, window in keys:
+        by_window.setdefault(window, []).append(definition.slug)
+    aggregates: dict[tuple[SummaryWindow, str], tuple[int, float | None]] = {}
+    for window, slugs in by_window.items():
+        for slug, count, mean in await _aggregate(viewer, slugs, window):
+            aggregates[(window, slug)] = (count, mean)
+    return [
+        targets.summarize(
+            *aggregates.get((window, d.slug), (0, None)),
+            d.targets,
+            severity=window.severity,
+            personas=viewer.personas,
+        )
+        for d, window in keys
+    ]
+
+
+async def _aggregate(
+    viewer: Viewer, slugs: list[str], window: SummaryWindow
+) -> list[tuple[str, int, float | None]]:
+    clauses = [policy.observation_filter(viewer), KpiObservation.kpi.is_in(list(set(slugs)))]
+    if window.start is not None:
+        clauses.append(KpiObservation.timestamp >= window.start)
+    if window.end is not None:
+        clauses.append(KpiObservation.timestamp < window.end)
+    if window.severity is not None:
+        clauses.append(KpiObservation.incident._.severity == window.severity.value)
+    rows = await (
+        KpiObservation.select(
+            KpiObservation.kpi,
+            Count(alias="count"),
+            Avg(KpiObservation.value, alias="mean"),
+        )
+        .where(*clauses)
+        .group_by(KpiObservation.kpi)
+    )
+    return [(row["kpi"], row["count"], row["mean"]) for row in rows]
+
+
+async def create_definition(*, viewer: Viewer, fields: Mapping[str, Any]) -> Definition:
+    """Create a definition at version 1 with its first revision; admins only."""
+    policy.require(viewer, policy.Action.DEFINE)
+    values = _checked({**fields, "slug": validate.slug(fields["slug"])}, creating=True)
+    now = datetime.now(UTC)
+    async with db.transaction():
+        if await KpiDefinition.exists().where(KpiDefinition.slug == values["slug"]):
+            raise Conflict(f"a KPI with slug {values['slug']!r} already exists")
+        await KpiDefinition.insert(
+            KpiDefinition(**_stored(values), version=1, created_at=now, updated_at=now)
+        )
+        changes = [
+            FieldChange(PUBLIC_NAMES[f], None, _encode(values[f]))
+            for f in PUBLIC_NAMES
+            if f in values
+        ]
+        await _record_revision(values["slug"], 1, now, viewer.subject, None, changes)
+        if values["expression"] is not None:
+            # Computed in the background (registry/recompute.py): this commits at once.
+            await recompute.queue(values["slug"], 1)
+    return await _require(viewer, values["slug"])
+
+
+async def update_definition(
+    *, viewer: Viewer, slug: str, fields: Mapping[str, Any], note: str | None
+) -> Definition:
+    """Apply the given fields; a change bumps the version and records a revision."""
+    policy.require(viewer, policy.Action.DEFINE)
+    values = _checked(fields, creating=False)
+    note = validate.optional_text(note, "note", max_length=4000)
+    async with db.transaction():
+        current = await _require(viewer, slug)
+        changes = [
+            FieldChange(PUBLIC_NAMES[f], _encode(getattr(current, f)), _encode(v))
+            for f, v in values.items()
+            if _encode(getattr(current, f)) != _encode(v)
+        ]
+        if not changes:
+            return current
+        await _bump(current, _stored(values), changes, viewer.subject, note)
+        if any(c.field == "expression" for c in changes):
+            if values["expression"] is None:
+                await compute.forget_kpi(slug)
+                await recompute.cancel(slug)
+            else:
+                await recompute.queue(slug, current.version + 1)
+    return await _require(viewer, slug)
+
+
+async def mark_reviewed(*, viewer: Viewer, slug: str, note: str | None) -> Definition:
+    """Record that the definition was re-validated now; the next review is due a cadence later."""
+    policy.require(viewer, policy.Action.DEFINE)
+    note = validate.optional_text(note, "note", max_length=4000)
+    async with db.transaction():
+        current = await _require(viewer, slug)
+        now = datetime.now(UTC)
+        change = FieldChange("lastReviewedAt", _encode(current.last_reviewed_at), _encode(now))
+        await _bump(current, {"last_reviewed_at": now}, [change], viewer.subject, note, now=now)
+    return await _require(viewer, slug)
+
+
+async def _bump(
+    current: Definition,
+    stored: dict[str, Any],
+    changes: list[FieldChange],
+    who: str,
+    note: str | None,
+    now: datetime | None = None,
+) -> None:
+    now = now or datetime.now(UTC)
+    version = current.version + 1
+    updated = await (
+        KpiDefinition.update(None, **stored, version=version, updated_at=now)
+        .where(KpiDefinition.slug == current.slug, KpiDefinition.version == current.version)
+        .returning(KpiDefinition.slug)
+    )
+    if not updated:
+        raise Conflict(f"KPI {current.slug!r} changed while this update ran; retry it")
+    await _record_revision(current.slug, version, now, who, note, changes)
+
+
+async def _record_revision(
+    slug: str, version: int, now: datetime, who: str, note: str | None, changes: list[FieldChange]
+) -> None:
+    payload = [{"field": c.field, "before": c.before, "after": c.after} for c in changes]
+    await KpiRevision.insert(
+        KpiRevision(
+            kpi=slug, version=version, changed_at=now, changed_by=who, note=note, changes=payload
+        )
+    )
+
+
+async def _require(viewer: Viewer, slug: str) -> Definition:
+    found = await get_definition(viewer=viewer, slug=slug)
+    if found is None:
+        raise NotFound(f"unknown KPI slug {slug!r}")
+    return found
+
+
+def _checked(fields: Mapping[str, Any], *, creating: bool) -> dict[str, Any]:
+    """Return the given fields validated; on create every required field must be present."""
+    values = dict(fields)
+    for name in (
+        "name",
+        "description",
+        "formula",
+        "units",
+        "owner",
+        "review_cadence",
+        "visibility",
+    ):
+        if name in values and values[name] is None:
+            raise BadInput(f"{PUBLIC_NAMES[name]} must not be null")
+    limits = {"name": 200, "description": 4000, "formula": 4000, "units": 64, "owner": 200}
+    for name, limit in limits.items():
+        if name in values:
+            values[name] = validate.text(values[name], PUBLIC_NAMES[name], max_length=limit)
+    if "review_cadence" in values:
+        values["review_cadence"] = validate.duration(values["review_cadence"])
+    if values.get("expression") is not None:
+        text = validate.text(values["expression"], "expression", max_length=2000)
+        values["expression"] = compile_formula(text).source
+    if "targets" in values:
+        values["targets"] = _targets(values["targets"] or [])
+    elif creating:
+        values["targets"] = ()
+    if "data_sources" in values:
+        values["data_sources"] = _data_sources(values["data_sources"] or [])
+    elif creating:
+        values["data_sources"] = ()
+    if creating:
+        values.setdefault("expression", None)
+    return values
+
+
+def _targets(raw: Sequence[Target]) -> tuple[Target, ...]:
+    if len(raw) > MAX_TARGETS:
+        raise BadInput(f"targets: at most {MAX_TARGETS}")
+    seen: set[tuple[object, object]] = set()
+    for target in raw:
+        validate.measure(target.threshold, "targets.threshold")
+        key = (target.severity, target.persona)
+        if key in seen:
+            raise BadInput("targets: at most one target per (severity, persona)")
+        seen.add(key)
+    return tuple(raw)
+
+
+def _data_sources(raw: Sequence[str]) -> tuple[str, ...]:
+    if len(raw) > MAX_DATA_SOURCES:
+        raise BadInput(f"dataSources: at most {MAX_DATA_SOURCES}")
+    return tuple(validate.text(s, "dataSources", max_length=200) for s in raw)
+
+
+def _stored(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Return validated domain values as table column values."""
+    stored: dict[str, Any] = {}
+    for name, value in values.items():
+        if name == "targets":
+            stored[name] = [targets.to_json(t) for t in value]
+        elif name == "data_sources":
+            stored[name] = list(value)
+        elif name == "visibility":
+            stored[name] = Visibility(value).value
+        else:
+            stored[name] = value
+    return stored
+
+
+def _encode(value: Any) -> str | None:
+    """Return a field value JSON-encoded as revisions record it."""
+    if value is None:
+        return None
+    if isinstance(value, Visibility):
+        value = value.value
+    elif isinstance(value, datetime):
+        value = value.isoformat()
+    elif isinstance(value, tuple | list) and value and isinstance(value[0], Target):
+        value = [targets.to_json(t) for t in value]
+    elif isinstance(value, tuple):
+        value = list(value)
+    return json.dumps(value)
+
+
+def _revision(row: Mapping[str, Any]) -> Revision:
+    return Revision(
+        version=row["version"],
+        changed_at=row["changed_at"],
+        changed_by=row["changed_by"],
+        note=row["note"],
+        changes=tuple(
+            FieldChange(c["field"], c["before"], c["after"]) for c in row["changes"] or []
+        ),
+    )
