@@ -521,7 +521,7 @@ async def test_data_ingested_through_the_api_matches(client: Any) -> None:
 
 
 async def test_random_well_typed_formulas_match_the_python_path() -> None:
-    """~100 random formulas from tests/registry/test_formulas.py's generator over the varied data."""
+    """~100 random formulas from test_formulas.py's generator over the varied data."""
     from tests.registry.test_formulas import FORMULAS
 
     await seed_incidents(24, seed=11)
