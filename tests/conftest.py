@@ -38,8 +38,8 @@ ENV = {
 
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 
+from registry import db  # noqa: E402
 from registry.tables import TABLES, KpiDefinition, KpiRevision  # noqa: E402
-from server import db  # noqa: E402
 from server.app import create_app  # noqa: E402
 from server.config import Settings  # noqa: E402
 
