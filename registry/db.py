@@ -86,6 +86,24 @@ class Statement:
         return "IN (" + ", ".join(self.arg(v) for v in values) + ")"
 
 
+class Marks:
+    """Arguments for a Piccolo QueryString (`{}` marks), in the order the text uses them."""
+
+    __slots__ = ("args",)
+
+    def __init__(self, args: list[Any]) -> None:
+        self.args = args
+
+    def arg(self, value: Any) -> str:
+        """Return the mark for one argument."""
+        self.args.append(value)
+        return "{}"
+
+    def one_of(self, values: Sequence[Any]) -> str:
+        """Return `IN (...)` for a list of values."""
+        return "IN (" + ", ".join(self.arg(v) for v in values) + ")"
+
+
 def statement() -> Statement:
     """Return an empty statement for the configured engine."""
     return Statement(postgres=not is_sqlite())

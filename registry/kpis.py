@@ -75,7 +75,7 @@ async def definition_rows(
     statement = db.statement()
     sql = (
         f"SELECT {_column_list(columns)} FROM kpi_definition"
-        f" WHERE visibility {statement.one_of(policy.readable(viewer))}"
+        f" WHERE {policy.visible(viewer, 'visibility', statement)}"
     )
     if visibility is not None:
         sql += f" AND visibility = {statement.arg(visibility.value)}"
@@ -120,7 +120,7 @@ async def revisions_by_slug(*, viewer: Viewer, slugs: Sequence[str]) -> dict[str
     rows = await (
         KpiRevision.select()
         .where(
-            KpiRevision.kpi._.visibility.is_in(policy.readable(viewer)),
+            policy.visible(viewer, KpiRevision.kpi._.visibility),
             KpiRevision.kpi.is_in(list(set(slugs))),
         )
         .order_by(KpiRevision.version, ascending=False)
@@ -157,7 +157,10 @@ async def summaries(
 async def _aggregate(
     viewer: Viewer, slugs: list[str], window: SummaryWindow
 ) -> list[tuple[str, int, float | None]]:
-    clauses = [policy.observation_filter(viewer), KpiObservation.kpi.is_in(list(set(slugs)))]
+    clauses = [
+        policy.visible(viewer, KpiObservation.kpi._.visibility),
+        KpiObservation.kpi.is_in(list(set(slugs))),
+    ]
     if window.start is not None:
         clauses.append(KpiObservation.timestamp >= window.start)
     if window.end is not None:

@@ -100,7 +100,7 @@ async def rows_for_incidents(
     sql = (
         f"SELECT {', '.join(columns)}"
         " FROM kpi_observation AS o JOIN kpi_definition AS d ON d.slug = o.kpi"
-        f" WHERE d.visibility {statement.one_of(policy.readable(viewer))}"
+        f" WHERE {policy.visible(viewer, 'd.visibility', statement)}"
         f" AND o.incident {statement.one_of(sorted(set(pks)))}"
     )
     if slugs is not None:
@@ -120,7 +120,7 @@ async def incident_with_observations(
 ) -> tuple[Mapping[str, Any] | None, list[Mapping[str, Any]]]:
     """Return an incident's row and the rows of its observations of KPIs the viewer may see (as
     rows_for_incidents returns them), in one statement; (None, []) when there is no incident."""
-    readable = policy.readable(viewer)
+    policy.require(viewer, policy.Action.READ)
     if not validate.is_incident_key(key):
         return None, []
     if slugs is not None:
@@ -131,7 +131,7 @@ async def incident_with_observations(
     columns += [f"d.{c} AS kpi_{c}" for c in checked_columns(definition_columns)]
     observed = (
         f"o.incident = i.id AND o.kpi IN (SELECT slug FROM kpi_definition"
-        f" WHERE visibility {statement.one_of(readable)})"
+        f" WHERE {policy.visible(viewer, 'visibility', statement)})"
     )
     if slugs is not None:
         observed += f" AND o.kpi {statement.one_of(slugs)}" if slugs else " AND 1 = 0"
@@ -194,7 +194,7 @@ def _check_batch_duplicates(inputs: Sequence[ObservationInput]) -> None:
 async def _known_slugs(viewer: Viewer, slugs: set[str]) -> set[str]:
     lookups = [s for s in slugs if validate.is_slug(s)]
     rows = await KpiDefinition.select(KpiDefinition.slug).where(
-        policy.kpi_filter(viewer), KpiDefinition.slug.is_in(lookups or [""])
+        policy.visible(viewer, KpiDefinition.visibility), KpiDefinition.slug.is_in(lookups or [""])
     )
     known = {row["slug"] for row in rows}
     unknown = sorted(slugs - known)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
+from typing import Any, Protocol, overload
 
+from piccolo.columns import Column
 from piccolo.columns.combination import Where
 
 from registry.errors import Forbidden
 from registry.model import Persona, Viewer, Visibility
-from registry.tables import KpiDefinition, KpiObservation
 
 
 class Action(enum.Enum):
@@ -54,7 +56,7 @@ def visibilities(viewer: Viewer) -> frozenset[Visibility]:
     return seen
 
 
-def readable(viewer: Viewer) -> list[str]:
+def _readable(viewer: Viewer) -> list[str]:
     """Return the visibility values the viewer may read, raising Forbidden when there are none."""
     require(viewer, Action.READ)
     values = sorted(v.value for v in visibilities(viewer))
@@ -63,11 +65,31 @@ def readable(viewer: Viewer) -> list[str]:
     return values
 
 
-def kpi_filter(viewer: Viewer) -> Where:
-    """Return the WHERE clause limiting KPI definitions to those the viewer may see."""
-    return KpiDefinition.visibility.is_in(readable(viewer))
+class Arguments(Protocol):
+    """Where raw SQL collects its arguments: db.Statement, or db.Marks for a QueryString."""
+
+    def one_of(self, values: Sequence[Any]) -> str: ...
 
 
-def observation_filter(viewer: Viewer) -> Where:
-    """Return the WHERE clause limiting observations to KPIs the viewer may see."""
-    return KpiObservation.kpi._.visibility.is_in(readable(viewer))
+@overload
+def visible(viewer: Viewer, column: Column) -> Where: ...
+
+
+@overload
+def visible(viewer: Viewer, column: str, arguments: Arguments) -> str: ...
+
+
+def visible(viewer: Viewer, column: Column | str, arguments: Arguments | None = None) -> Any:
+    """Return the condition that keeps only the KPIs the viewer may see: every read applies it.
+
+    `column` is a KPI definition's visibility: a Piccolo column (giving a `where` clause, e.g.
+    `KpiObservation.kpi._.visibility`) or its name in raw SQL (giving SQL text, e.g.
+    "d.visibility", whose arguments go into `arguments`). Raises Forbidden when the viewer may
+    see nothing, so an unknown persona reads nothing at all.
+    """
+    values = _readable(viewer)
+    if isinstance(column, Column):
+        return column.is_in(values)
+    if arguments is None:
+        raise TypeError("raw SQL needs the arguments it collects")
+    return f"{column} {arguments.one_of(values)}"

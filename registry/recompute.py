@@ -80,20 +80,16 @@ async def request(*, viewer: Viewer, slug: str) -> None:
 async def jobs_by_slug(*, viewer: Viewer, slugs: Sequence[str]) -> dict[str, Recompute]:
     """Return the jobs of those of these KPIs the viewer may see, keyed by slug."""
     wanted = sorted({s for s in slugs if validate.is_slug(s)})
-    readable = policy.readable(viewer)
-    if not wanted or not readable:
+    if not wanted:
         return {}
+    args: list[Any] = []
+    marks = db.Marks(args)
     rows = await _run(
-        f"SELECT {_COLUMNS} FROM kpi_recompute WHERE kpi IN ({_marks(wanted)}) AND kpi IN "
-        f"(SELECT slug FROM kpi_definition WHERE visibility IN ({_marks(readable)}))",
-        *wanted,
-        *readable,
+        f"SELECT {_COLUMNS} FROM kpi_recompute WHERE kpi {marks.one_of(wanted)} AND kpi IN "
+        f"(SELECT slug FROM kpi_definition WHERE {policy.visible(viewer, 'visibility', marks)})",
+        *args,
     )
     return {row["kpi"]: _job(row) for row in rows}
-
-
-def _marks(values: Sequence[Any]) -> str:
-    return ", ".join("{}" for _ in values)
 
 
 async def claimable() -> list[str]:

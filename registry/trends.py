@@ -107,12 +107,9 @@ async def _aggregate(
     end: datetime,
     severity: Severity | None,
 ) -> dict[datetime, dict[str, Any]]:
-    visible = policy.readable(viewer)
-    where = (
-        "o.kpi = {} AND o.timestamp >= {} AND o.timestamp < {} "
-        f"AND d.visibility IN ({', '.join('{}' for _ in visible)})"
-    )
-    args: list[Any] = [slug, start, end, *visible]
+    args: list[Any] = [slug, start, end]
+    where = "o.kpi = {} AND o.timestamp >= {} AND o.timestamp < {} AND "
+    where += policy.visible(viewer, "d.visibility", db.Marks(args))
     join = "JOIN kpi_definition d ON d.slug = o.kpi"
     if severity is not None:
         join += " JOIN incident i ON i.id = o.incident"

@@ -227,7 +227,7 @@ class KpiQuery:
     @strawberry.field
     def viewer(self, info: Info) -> ViewerType:
         viewer = info.context.viewer
-        policy.readable(viewer)
+        policy.require(viewer, policy.Action.READ)
         visible = policy.visibilities(viewer)
         return ViewerType(
             subject=viewer.subject,

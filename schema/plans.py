@@ -485,7 +485,7 @@ class _Compiler:
         shape = self.scalars(type_, fields, getters)
 
         async def resolve(run: Run) -> Any:
-            policy.readable(run.viewer)
+            policy.require(run.viewer, policy.Action.READ)
             return shape.build(run.viewer, run)
 
         return resolve
