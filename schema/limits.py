@@ -76,8 +76,12 @@ def request_refusal(query: str, operation_name: str | None, variables: Any) -> s
 
     Documents that do not parse, or name no operation, are left to the executor to report.
     """
+    if not isinstance(variables, Mapping) or not any(
+        isinstance(value, list | dict) for value in variables.values()
+    ):
+        return None  # no list was sent: validation has judged the document's lists and cost
     document = _parsed(query)
-    if document is None or not isinstance(variables, Mapping | None):
+    if document is None:
         return None
     operation = get_operation_ast(document, operation_name)
     if operation is None:
