@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 # The largest magnitude a KPI value or target threshold may have. A trillion is far beyond any
 # duration, count or score an incident KPI measures, and a sum of such values cannot overflow a
@@ -83,6 +85,9 @@ class Definition:
     version: int
     created_at: datetime
     updated_at: datetime
+    # The row it was read from, as the driver returned it: GraphQL fields declared on the row
+    # (schema/fields.py) read it, so the executor, the compiled plans and REST agree.
+    row: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

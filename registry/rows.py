@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -81,6 +81,7 @@ def definition_from_row(row: Mapping[str, Any]) -> Definition:
         version=row["version"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        row=row,
     )
 
 
@@ -120,6 +121,11 @@ REVIEW_DUE_COLUMNS = ("last_reviewed_at", "created_at", "review_cadence")
 def review_due(last_reviewed_at: datetime | None, created_at: datetime, cadence: str) -> datetime:
     """Return when a definition is next due for review."""
     return validate.add_duration(last_reviewed_at or created_at, cadence)
+
+
+def review_overdue(last_reviewed_at: datetime | None, created_at: datetime, cadence: str) -> bool:
+    """Return whether a definition's review is past due now."""
+    return review_due(last_reviewed_at, created_at, cadence) < datetime.now(UTC)
 
 
 # The incident columns, in table order.

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any
 
 import strawberry
 
 from registry import kpis, model, policy, recompute, trends
+from registry.rows import REVIEW_DUE_COLUMNS, review_due, review_overdue, string_tuple
 from schema.context import Info
 from schema.enums import Bucket, Comparison, Persona, RecomputeState, Severity, Visibility
+from schema.fields import from_row
 
 
 @strawberry.type(name="Viewer")
@@ -137,56 +140,49 @@ class BackfillResult:
 
 @strawberry.type(name="KpiDefinition")
 class KpiDefinitionType:
-    slug: str
-    name: str
-    description: str
-    formula: str
-    expression: str | None
-    units: str
-    targets: list[KpiTarget]
-    data_sources: list[str]
-    visibility: Visibility
-    owner: str
-    review_cadence: str = strawberry.field(description="ISO 8601 duration, e.g. P90D")
-    last_reviewed_at: datetime | None
-    review_due_at: datetime | None
-    version: int
-    created_at: datetime
-    updated_at: datetime
+    # Fields read from the definition's row are declared once, here (schema/fields.py): the
+    # executor, the compiled plans and the REST mirror all read them from this declaration.
+    slug: str = from_row("slug")
+    name: str = from_row("name")
+    description: str = from_row("description")
+    formula: str = from_row("formula")
+    expression: str | None = from_row("expression")
+    units: str = from_row("units")
+    targets: list[KpiTarget] = strawberry.field(resolver=lambda root: root.target_list())
+    data_sources: list[str] = from_row("data_sources", value=string_tuple)
+    visibility: Visibility = from_row("visibility", value=Visibility)
+    owner: str = from_row("owner")
+    review_cadence: str = from_row("review_cadence", description="ISO 8601 duration, e.g. P90D")
+    last_reviewed_at: datetime | None = from_row("last_reviewed_at")
+    review_due_at: datetime | None = from_row(*REVIEW_DUE_COLUMNS, value=review_due)
+    review_overdue: bool = from_row(
+        *REVIEW_DUE_COLUMNS,
+        value=review_overdue,
+        description="Whether the review is past due: reviewDueAt is earlier than now.",
+    )
+    version: int = from_row("version")
+    created_at: datetime = from_row("created_at")
+    updated_at: datetime = from_row("updated_at")
     definition: strawberry.Private[model.Definition]
+    row: strawberry.Private[Mapping[str, Any]]
 
     @classmethod
     def of(cls, d: model.Definition) -> KpiDefinitionType:
-        return cls(
-            slug=d.slug,
-            name=d.name,
-            description=d.description,
-            formula=d.formula,
-            expression=d.expression,
-            units=d.units,
-            targets=[t for t in map(KpiTarget.of, d.targets) if t is not None],
-            data_sources=list(d.data_sources),
-            visibility=d.visibility,
-            owner=d.owner,
-            review_cadence=d.review_cadence,
-            last_reviewed_at=d.last_reviewed_at,
-            review_due_at=d.review_due_at,
-            version=d.version,
-            created_at=d.created_at,
-            updated_at=d.updated_at,
-            definition=d,
-        )
+        return cls(definition=d, row=d.row)
+
+    def target_list(self) -> list[KpiTarget]:
+        return [t for t in map(KpiTarget.of, self.definition.targets) if t is not None]
 
     @strawberry.field(
         description="The latest recompute of this KPI's observations; null if there was none."
     )
     async def recompute(self, info: Info) -> KpiRecompute | None:
-        job = await info.context.loaders.recompute.load(self.slug)
+        job = await info.context.loaders.recompute.load(self.definition.slug)
         return KpiRecompute.of(job) if job is not None else None
 
     @strawberry.field(description="Newest first: the audit trail.")
     async def revisions(self, info: Info) -> list[KpiRevision]:
-        return [KpiRevision.of(r) for r in await info.context.loaders.revisions.load(self.slug)]
+        return [KpiRevision.of(r) for r in await info.context.loaders.revisions.load(self.definition.slug)]
 
     @strawberry.field
     async def summary(

@@ -24,7 +24,9 @@ from graphql import (
     FieldNode,
     FragmentDefinitionNode,
     FragmentSpreadNode,
+    GraphQLEnumType,
     GraphQLField,
+    GraphQLFloat,
     GraphQLObjectType,
     GraphQLSchema,
     InlineFragmentNode,
@@ -32,6 +34,7 @@ from graphql import (
     OperationType,
     SelectionSetNode,
     Visitor,
+    get_named_type,
     visit,
 )
 from graphql.error import GraphQLError
@@ -40,7 +43,8 @@ from graphql.utilities import get_operation_ast
 
 from registry import incidents, kpis, observations, policy, targets
 from registry.model import Persona, Severity, Target, Viewer, Visibility
-from registry.rows import REVIEW_DUE_COLUMNS, json_list, review_due, target_list
+from registry.rows import target_list
+from schema.fields import FromRow, declaration_of
 
 Row = Mapping[str, Any]
 Getter = Callable[[Any, "Run"], Any]
@@ -194,50 +198,25 @@ def compile_plan(schema: GraphQLSchema, document: DocumentNode, operation_name: 
 
 
 _SEVERITY = {s.value: s.name for s in Severity}
-_VISIBILITY = {v.value: v.name for v in Visibility}
 
 
 def _name(member: Any) -> str | None:
     return None if member is None else str(member.name)
 
 
-# --- field getters, by type: name -> (columns it reads, getter for a column prefix) ----------
-
-ColumnAt = Callable[[str], Field]  # a field of a definition, given the prefix of its columns
+# --- field getters ---------------------------------------------------------------------------
 
 
-def _column(name: str, convert: Callable[[Any], Any] | None = None) -> ColumnAt:
-    def getter(prefix: str) -> Field:
-        column = prefix + name
-        if convert is None:
-            return Column(column)
-        return lambda row, run: convert(row[column])
+def _row_getter(field: GraphQLField, declaration: FromRow, prefix: str) -> Field:
+    """Return the getter of a field declared on its type's row (schema/fields.py)."""
+    named = get_named_type(field.type)
+    if declaration.value is None and not isinstance(named, GraphQLEnumType):
+        return Column(prefix + declaration.columns[0], float=named is GraphQLFloat)
+    read = declaration.read
+    if isinstance(named, GraphQLEnumType):
+        return lambda row, run: _name(read(row, prefix))
+    return lambda row, run: read(row, prefix)
 
-    return getter
-
-
-def _review_due(prefix: str) -> Getter:
-    reviewed, created, cadence = (prefix + c for c in REVIEW_DUE_COLUMNS)
-    return lambda row, run: review_due(row[reviewed], row[created], row[cadence])
-
-
-DEFINITION_SCALARS: dict[str, tuple[tuple[str, ...], ColumnAt]] = {
-    "slug": (("slug",), _column("slug")),
-    "name": (("name",), _column("name")),
-    "description": (("description",), _column("description")),
-    "formula": (("formula",), _column("formula")),
-    "expression": (("expression",), _column("expression")),
-    "units": (("units",), _column("units")),
-    "dataSources": (("data_sources",), _column("data_sources", json_list)),
-    "visibility": (("visibility",), _column("visibility", _VISIBILITY.__getitem__)),
-    "owner": (("owner",), _column("owner")),
-    "reviewCadence": (("review_cadence",), _column("review_cadence")),
-    "lastReviewedAt": (("last_reviewed_at",), _column("last_reviewed_at")),
-    "reviewDueAt": (REVIEW_DUE_COLUMNS, _review_due),
-    "version": (("version",), _column("version")),
-    "createdAt": (("created_at",), _column("created_at")),
-    "updatedAt": (("updated_at",), _column("updated_at")),
-}
 
 INCIDENT_SCALARS: dict[str, Field] = {
     "id": Column("key"),
@@ -519,10 +498,9 @@ class _Compiler:
             name = subnodes[0].name.value
             if name == "__typename":
                 shape.fields.append((key, _typename(type_.name)))
-            elif name in DEFINITION_SCALARS:
-                needs, getter = DEFINITION_SCALARS[name]
-                columns.update(dict.fromkeys(needs))
-                shape.fields.append((key, getter(prefix)))
+            elif (declaration := declaration_of(type_.fields[name])) is not None:
+                columns.update(dict.fromkeys(declaration.columns))
+                shape.fields.append((key, _row_getter(type_.fields[name], declaration, prefix)))
             elif name == "targets":
                 target_type, target_fields = self.subfields("KpiTarget", subnodes)
                 target = self.scalars(target_type, target_fields, TARGET_SCALARS)

@@ -11,6 +11,8 @@ from aiohttp import web
 from registry import kpis, observations, targets
 from registry.errors import AppError, BadInput
 from registry.model import Definition, Incident, Observation, Target, Visibility
+from schema.fields import json_value, row_fields
+from schema.kpis import KpiDefinitionType
 from server.http import error_response, viewer_of
 
 
@@ -108,24 +110,16 @@ def target_json(target: Target) -> dict[str, Any]:
 
 
 def definition_json(d: Definition) -> dict[str, Any]:
-    return {
-        "slug": d.slug,
-        "name": d.name,
-        "description": d.description,
-        "formula": d.formula,
-        "expression": d.expression,
-        "units": d.units,
-        "targets": [target_json(t) for t in d.targets],
-        "dataSources": list(d.data_sources),
-        "visibility": d.visibility.name,
-        "owner": d.owner,
-        "reviewCadence": d.review_cadence,
-        "lastReviewedAt": _time(d.last_reviewed_at),
-        "reviewDueAt": _time(d.review_due_at),
-        "version": d.version,
-        "createdAt": _time(d.created_at),
-        "updatedAt": _time(d.updated_at),
-    }
+    """Return a definition as GraphQL writes a KpiDefinition, from the same field declarations."""
+    found: dict[str, Any] = {}
+    for name, declaration in _DEFINITION_FIELDS:
+        found[name] = json_value(declaration.read(d.row))
+        if name == "units":  # the seed page's order: targets come after the units
+            found["targets"] = [target_json(t) for t in d.targets]
+    return found
+
+
+_DEFINITION_FIELDS = row_fields(KpiDefinitionType)
 
 
 def incident_json(i: Incident) -> dict[str, Any]:
