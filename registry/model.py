@@ -114,6 +114,8 @@ class Incident:
     severity: Severity
     detected_at: datetime
     resolved_at: datetime | None
+    # The row it was read from (see Definition.row).
+    row: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +159,8 @@ class Observation:
     source: str
     confidence: float
     definition_version: int | None
+    # The row it was read from (see Definition.row).
+    row: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -252,4 +252,5 @@ def _observation(row: Mapping[str, Any]) -> Observation:
         source=row["source"],
         confidence=row["confidence"],
         definition_version=row["definition_version"],
+        row=row,
     )

@@ -143,6 +143,7 @@ def incident_from_row(row: Mapping[str, Any]) -> Incident:
         severity=Severity(row["severity"]),
         detected_at=row["detected_at"],
         resolved_at=row["resolved_at"],
+        row=row,
     )
 
 

@@ -13,6 +13,7 @@ import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 import strawberry
@@ -53,6 +54,7 @@ def declaration_of(field: GraphQLField) -> FromRow | None:
     return found if isinstance(found, FromRow) else None
 
 
+@cache
 def row_fields(type_: type) -> list[tuple[str, FromRow]]:
     """Return a Strawberry type's row-read fields as (GraphQL name, declaration), in order."""
     definition = type_.__strawberry_definition__  # type: ignore[attr-defined]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import strawberry
 
 from registry import incidents, model
 from schema.context import Info
 from schema.enums import Severity
+from schema.fields import from_row
 
 if TYPE_CHECKING:
     from schema.observations import KpiObservation
@@ -69,23 +71,18 @@ class SurveyResponse:
 
 @strawberry.type(name="Incident")
 class IncidentType:
-    id: strawberry.ID = strawberry.field(description="The external incident key, e.g. INC-2041.")
-    title: str
-    severity: Severity
-    detected_at: datetime
-    resolved_at: datetime | None
+    # Fields read from the incident's row, declared once (schema/fields.py).
+    id: strawberry.ID = from_row("key", description="The external incident key, e.g. INC-2041.")
+    title: str = from_row("title")
+    severity: Severity = from_row("severity", value=Severity)
+    detected_at: datetime = from_row("detected_at")
+    resolved_at: datetime | None = from_row("resolved_at")
     pk: strawberry.Private[int]
+    row: strawberry.Private[Mapping[str, Any]]
 
     @classmethod
     def of(cls, incident: model.Incident) -> IncidentType:
-        return cls(
-            id=strawberry.ID(incident.key),
-            title=incident.title,
-            severity=incident.severity,
-            detected_at=incident.detected_at,
-            resolved_at=incident.resolved_at,
-            pk=incident.pk,
-        )
+        return cls(pk=incident.pk, row=incident.row)
 
     @strawberry.field
     async def alerts(self, info: Info) -> list[Alert]:

@@ -182,7 +182,8 @@ class KpiDefinitionType:
 
     @strawberry.field(description="Newest first: the audit trail.")
     async def revisions(self, info: Info) -> list[KpiRevision]:
-        return [KpiRevision.of(r) for r in await info.context.loaders.revisions.load(self.definition.slug)]
+        found = await info.context.loaders.revisions.load(self.definition.slug)
+        return [KpiRevision.of(r) for r in found]
 
     @strawberry.field
     async def summary(

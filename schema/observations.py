@@ -2,40 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import strawberry
 
 from registry import model, observations, targets
 from schema.context import Info
+from schema.fields import from_row
 from schema.incidents import IncidentType
 from schema.kpis import KpiDefinitionType
 
 
 @strawberry.type
 class KpiObservation:
-    timestamp: datetime
-    value: float
-    source: str = strawberry.field(description="e.g. computed, manual, import")
-    confidence: float = strawberry.field(description="0..1")
-    definition_version: int | None = strawberry.field(
-        description="The definition version that computed it; null for ingested rows."
+    # Fields read from the observation's row, declared once (schema/fields.py).
+    timestamp: datetime = from_row("timestamp")
+    value: float = from_row("value", value=float)
+    source: str = from_row("source", description="e.g. computed, manual, import")
+    confidence: float = from_row("confidence", value=float, description="0..1")
+    definition_version: int | None = from_row(
+        "definition_version",
+        description="The definition version that computed it; null for ingested rows.",
     )
     observation: strawberry.Private[model.Observation]
     known_incident: strawberry.Private[IncidentType | None]
+    row: strawberry.Private[Mapping[str, Any]]
 
     @classmethod
     def of(cls, o: model.Observation, incident: IncidentType | None = None) -> KpiObservation:
-        return cls(
-            timestamp=o.timestamp,
-            value=o.value,
-            source=o.source,
-            confidence=o.confidence,
-            definition_version=o.definition_version,
-            observation=o,
-            known_incident=incident,
-        )
+        return cls(observation=o, known_incident=incident, row=o.row)
 
     @strawberry.field
     async def kpi(self, info: Info) -> KpiDefinitionType:
@@ -65,7 +62,7 @@ class KpiObservation:
         target = targets.applicable(
             definition.targets, severity=incident.severity, personas=info.context.viewer.personas
         )
-        return targets.meets(target, self.value)
+        return targets.meets(target, self.observation.value)
 
 
 @strawberry.input

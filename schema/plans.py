@@ -14,9 +14,10 @@ responses.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from graphql import (
     BooleanValueNode,
@@ -197,9 +198,6 @@ def compile_plan(schema: GraphQLSchema, document: DocumentNode, operation_name: 
 # does (ISO 8601; the database returns them in UTC).
 
 
-_SEVERITY = {s.value: s.name for s in Severity}
-
-
 def _name(member: Any) -> str | None:
     return None if member is None else str(member.name)
 
@@ -207,38 +205,32 @@ def _name(member: Any) -> str | None:
 # --- field getters ---------------------------------------------------------------------------
 
 
+def _is_enum_class(value: Any) -> bool:
+    return isinstance(value, type) and issubclass(value, enum.Enum)
+
+
 def _row_getter(field: GraphQLField, declaration: FromRow, prefix: str) -> Field:
     """Return the getter of a field declared on its type's row (schema/fields.py)."""
     named = get_named_type(field.type)
-    if declaration.value is None and not isinstance(named, GraphQLEnumType):
-        return Column(prefix + declaration.columns[0], float=named is GraphQLFloat)
+    convert, (first, *more) = declaration.value, declaration.columns
+    column = prefix + first
+    # The common shapes become a plain column read or a dict lookup in the generated builder.
+    if convert is None or (convert is float and named is GraphQLFloat):
+        return Column(column, float=named is GraphQLFloat)
+    if isinstance(named, GraphQLEnumType) and not more and _is_enum_class(convert):
+        names = {member.value: member.name for member in cast(type[enum.Enum], convert)}
+        return lambda row, run: None if row[column] is None else names[row[column]]
     read = declaration.read
     if isinstance(named, GraphQLEnumType):
         return lambda row, run: _name(read(row, prefix))
     return lambda row, run: read(row, prefix)
 
 
-INCIDENT_SCALARS: dict[str, Field] = {
-    "id": Column("key"),
-    "title": Column("title"),
-    "severity": lambda row, run: _SEVERITY[row["severity"]],
-    "detectedAt": Column("detected_at"),
-    "resolvedAt": Column("resolved_at"),
-}
-
 TARGET_SCALARS: dict[str, Getter] = {
     "severity": lambda target, run: _name(target.severity),
     "persona": lambda target, run: _name(target.persona),
     "comparison": lambda target, run: target.comparison.name,
     "threshold": lambda target, run: float(target.threshold),
-}
-
-OBSERVATION_SCALARS: dict[str, Field] = {
-    "timestamp": Column("timestamp"),
-    "value": Column("value", float=True),
-    "source": Column("source"),
-    "confidence": Column("confidence", float=True),
-    "definitionVersion": Column("definition_version"),
 }
 
 # Each kind of incident data: its type's scalars, read from the kind's rows.
@@ -518,8 +510,8 @@ class _Compiler:
             name = subnodes[0].name.value
             if name == "__typename":
                 shape.fields.append((key, _typename(type_.name)))
-            elif name in INCIDENT_SCALARS:
-                shape.fields.append((key, INCIDENT_SCALARS[name]))
+            elif (declaration := declaration_of(type_.fields[name])) is not None:
+                shape.fields.append((key, _row_getter(type_.fields[name], declaration, "")))
             elif name == "kpis":
                 batch = self.observations(subnodes, self.arguments(type_, subnodes))
                 shape.batches.append(batch)
@@ -547,8 +539,8 @@ class _Compiler:
             name = subnodes[0].name.value
             if name == "__typename":
                 shape.fields.append((key, _typename(type_.name)))
-            elif name in OBSERVATION_SCALARS:
-                shape.fields.append((key, OBSERVATION_SCALARS[name]))
+            elif (declaration := declaration_of(type_.fields[name])) is not None:
+                shape.fields.append((key, _row_getter(type_.fields[name], declaration, "")))
             elif name == "kpi":
                 definition, needs = self.definition("kpi_", subnodes)
                 columns.update(dict.fromkeys(needs))

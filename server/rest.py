@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -11,8 +10,10 @@ from aiohttp import web
 from registry import kpis, observations, targets
 from registry.errors import AppError, BadInput
 from registry.model import Definition, Incident, Observation, Target, Visibility
-from schema.fields import json_value, row_fields
+from schema.fields import FromRow, json_value, row_fields
+from schema.incidents import IncidentType
 from schema.kpis import KpiDefinitionType
+from schema.observations import KpiObservation
 from server.http import error_response, viewer_of
 
 
@@ -96,10 +97,6 @@ def _json(body: dict[str, Any]) -> web.Response:
     return web.Response(body=orjson.dumps(body), content_type="application/json", charset="utf-8")
 
 
-def _time(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
-
-
 def target_json(target: Target) -> dict[str, Any]:
     return {
         "severity": target.severity.name if target.severity else None,
@@ -112,24 +109,16 @@ def target_json(target: Target) -> dict[str, Any]:
 def definition_json(d: Definition) -> dict[str, Any]:
     """Return a definition as GraphQL writes a KpiDefinition, from the same field declarations."""
     found: dict[str, Any] = {}
-    for name, declaration in _DEFINITION_FIELDS:
+    for name, declaration in row_fields(KpiDefinitionType):
         found[name] = json_value(declaration.read(d.row))
         if name == "units":  # the seed page's order: targets come after the units
             found["targets"] = [target_json(t) for t in d.targets]
     return found
 
 
-_DEFINITION_FIELDS = row_fields(KpiDefinitionType)
-
-
 def incident_json(i: Incident) -> dict[str, Any]:
-    return {
-        "id": i.key,
-        "title": i.title,
-        "severity": i.severity.name,
-        "detectedAt": _time(i.detected_at),
-        "resolvedAt": _time(i.resolved_at),
-    }
+    """Return an incident as GraphQL writes an Incident's own fields."""
+    return _row_json(_INCIDENT_FIELDS, i.row)
 
 
 def observation_json(o: Observation, d: Definition, i: Incident, personas: Any) -> dict[str, Any]:
@@ -138,10 +127,14 @@ def observation_json(o: Observation, d: Definition, i: Incident, personas: Any) 
         "kpiSlug": o.kpi_slug,
         "kpiName": d.name,
         "units": d.units,
-        "timestamp": _time(o.timestamp),
-        "value": o.value,
-        "source": o.source,
-        "confidence": o.confidence,
-        "definitionVersion": o.definition_version,
+        **_row_json(_OBSERVATION_FIELDS, o.row),
         "meetsTarget": targets.meets(target, o.value),
     }
+
+
+def _row_json(fields: list[tuple[str, FromRow]], row: Any) -> dict[str, Any]:
+    return {name: json_value(declaration.read(row)) for name, declaration in fields}
+
+
+_INCIDENT_FIELDS = row_fields(IncidentType)
+_OBSERVATION_FIELDS = row_fields(KpiObservation)

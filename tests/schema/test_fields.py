@@ -72,3 +72,33 @@ def test_every_row_field_of_a_definition_is_in_the_rest_mirror_and_the_schema() 
     block = block[: block.index("}")]
     for name in names:
         assert f"  {name}:" in block, name
+
+
+async def test_an_incident_and_its_observations_read_alike_by_graphql_and_rest(client) -> None:
+    ingest = bearer("ingest")
+    for query in (
+        'mutation { upsertIncident(input: {id: "INC-7", title: "t", severity: P2, '
+        'detectedAt: "2026-01-01T10:00:00Z", resolvedAt: "2026-01-01T11:30:00Z"}) { id } }',
+        'mutation { recordObservation(input: {kpiSlug: "stakeholder-satisfaction", '
+        'incidentId: "INC-7", timestamp: "2026-01-02T00:00:00Z", value: 4, source: "import", '
+        "confidence: 0.5}) { value } }",
+    ):
+        response = await client.post("/graphql", json={"query": query}, headers=ingest)
+        assert "errors" not in await response.json()
+    response = await client.post(
+        "/graphql",
+        json={
+            "query": '{ incident(id: "INC-7") { id title severity detectedAt resolvedAt '
+            "kpis { kpi { slug } timestamp value source confidence definitionVersion } } }"
+        },
+        headers=bearer(),
+    )
+    incident = (await response.json())["data"]["incident"]
+    rest = await (await client.get("/incidents/INC-7/kpis", headers=bearer())).json()
+    graphql_kpis = {k["kpi"]["slug"]: k for k in incident.pop("kpis")}
+    assert rest["incident"] == incident
+    for observed in rest["kpis"]:
+        mine = graphql_kpis[observed["kpiSlug"]]
+        for name in ("timestamp", "value", "source", "confidence", "definitionVersion"):
+            assert observed[name] == mine[name], name
+    assert {o["kpiSlug"] for o in rest["kpis"]} == set(graphql_kpis)
