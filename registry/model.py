@@ -124,6 +124,7 @@ class Alert:
     incident_pk: int
     issue_time: datetime
     source: str | None
+    row: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +134,7 @@ class TimelineEvent:
     phase: str | None
     occurred_at: datetime
     note: str | None
+    row: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +143,7 @@ class Milestone:
     name: str
     committed_eta: datetime
     delivered_at: datetime | None
+    row: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +151,7 @@ class SurveyResponse:
     incident_pk: int
     score: int
     submitted_at: datetime
+    row: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -153,6 +153,7 @@ def alert_from_row(row: Mapping[str, Any]) -> Alert:
         incident_pk=row["incident"],
         issue_time=row["issue_time"],
         source=row["source"],
+        row=row,
     )
 
 
@@ -163,6 +164,7 @@ def event_from_row(row: Mapping[str, Any]) -> TimelineEvent:
         phase=row["phase"],
         occurred_at=row["occurred_at"],
         note=row["note"],
+        row=row,
     )
 
 
@@ -172,12 +174,13 @@ def milestone_from_row(row: Mapping[str, Any]) -> Milestone:
         name=row["name"],
         committed_eta=row["committed_eta"],
         delivered_at=row["delivered_at"],
+        row=row,
     )
 
 
 def survey_from_row(row: Mapping[str, Any]) -> SurveyResponse:
     return SurveyResponse(
-        incident_pk=row["incident"], score=row["score"], submitted_at=row["submitted_at"]
+        incident_pk=row["incident"], score=row["score"], submitted_at=row["submitted_at"], row=row
     )
 
 

@@ -17,56 +17,55 @@ if TYPE_CHECKING:
     from schema.observations import KpiObservation
 
 
+# An incident's data, each type's fields declared once on its row (schema/fields.py).
+
+
 @strawberry.type
 class Alert:
-    id: strawberry.ID
-    issue_time: datetime
-    source: str | None
+    id: strawberry.ID = from_row("id", value=str)
+    issue_time: datetime = from_row("issue_time")
+    source: str | None = from_row("source")
+    row: strawberry.Private[Mapping[str, Any]]
 
     @classmethod
     def of(cls, alert: model.Alert) -> Alert:
-        return cls(
-            id=strawberry.ID(str(alert.pk)), issue_time=alert.issue_time, source=alert.source
-        )
+        return cls(row=alert.row)
 
 
 @strawberry.type
 class TimelineEvent:
-    kind: str
-    phase: str | None
-    occurred_at: datetime
-    note: str | None
+    kind: str = from_row("kind")
+    phase: str | None = from_row("phase")
+    occurred_at: datetime = from_row("occurred_at")
+    note: str | None = from_row("note")
+    row: strawberry.Private[Mapping[str, Any]]
 
     @classmethod
     def of(cls, event: model.TimelineEvent) -> TimelineEvent:
-        return cls(
-            kind=event.kind, phase=event.phase, occurred_at=event.occurred_at, note=event.note
-        )
+        return cls(row=event.row)
 
 
 @strawberry.type
 class Milestone:
-    name: str
-    committed_eta: datetime
-    delivered_at: datetime | None
+    name: str = from_row("name")
+    committed_eta: datetime = from_row("committed_eta")
+    delivered_at: datetime | None = from_row("delivered_at")
+    row: strawberry.Private[Mapping[str, Any]]
 
     @classmethod
     def of(cls, milestone: model.Milestone) -> Milestone:
-        return cls(
-            name=milestone.name,
-            committed_eta=milestone.committed_eta,
-            delivered_at=milestone.delivered_at,
-        )
+        return cls(row=milestone.row)
 
 
 @strawberry.type
 class SurveyResponse:
-    score: int
-    submitted_at: datetime
+    score: int = from_row("score")
+    submitted_at: datetime = from_row("submitted_at")
+    row: strawberry.Private[Mapping[str, Any]]
 
     @classmethod
     def of(cls, response: model.SurveyResponse) -> SurveyResponse:
-        return cls(score=response.score, submitted_at=response.submitted_at)
+        return cls(row=response.row)
 
 
 @strawberry.type(name="Incident")

@@ -205,6 +205,15 @@ def _name(member: Any) -> str | None:
 # --- field getters ---------------------------------------------------------------------------
 
 
+def _row_getters(type_: GraphQLObjectType) -> dict[str, Field]:
+    """Return the getters of every field a type declares on its row (from plain rows)."""
+    return {
+        name: _row_getter(field, declaration, "")
+        for name, field in type_.fields.items()
+        if (declaration := declaration_of(field)) is not None
+    }
+
+
 def _is_enum_class(value: Any) -> bool:
     return isinstance(value, type) and issubclass(value, enum.Enum)
 
@@ -233,29 +242,6 @@ TARGET_SCALARS: dict[str, Getter] = {
     "threshold": lambda target, run: float(target.threshold),
 }
 
-# Each kind of incident data: its type's scalars, read from the kind's rows.
-CHILD_SCALARS: dict[str, dict[str, Field]] = {
-    "alerts": {
-        "id": lambda row, run: str(row["id"]),
-        "issueTime": Column("issue_time"),
-        "source": Column("source"),
-    },
-    "timeline": {
-        "kind": Column("kind"),
-        "phase": Column("phase"),
-        "occurredAt": Column("occurred_at"),
-        "note": Column("note"),
-    },
-    "milestones": {
-        "name": Column("name"),
-        "committedEta": Column("committed_eta"),
-        "deliveredAt": Column("delivered_at"),
-    },
-    "surveyResponses": {
-        "score": Column("score"),
-        "submittedAt": Column("submitted_at"),
-    },
-}
 CHILD_KINDS = {
     "alerts": "alerts",
     "timeline": "timeline",
@@ -521,7 +507,7 @@ class _Compiler:
                 child_type, child_fields = self.subfields(
                     str(_named_type(type_.fields[name]).name), subnodes
                 )
-                item = self.scalars(child_type, child_fields, CHILD_SCALARS[name])
+                item = self.scalars(child_type, child_fields, _row_getters(child_type))
                 batch = Batch(load=_child_loader(CHILD_KINDS[name]), shape=item)
                 shape.batches.append(batch)
                 shape.prefetches.append(batch.fetch)
