@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import strawberry
 
 from registry import kpis, model, policy, recompute, trends
+from registry.errors import BadInput
 from registry.rows import REVIEW_DUE_COLUMNS, review_due, review_overdue, string_tuple
 from schema.context import Info
 from schema.enums import Bucket, Comparison, Persona, RecomputeState, Severity, Visibility
@@ -331,7 +332,10 @@ class KpiMutation:
         viewer = info.context.viewer
         await recompute.request(viewer=viewer, slug=slug)
         await info.context.settle(slug)
-        job = (await recompute.jobs_by_slug(viewer=viewer, slugs=[slug]))[slug]
+        job = (await recompute.jobs_by_slug(viewer=viewer, slugs=[slug])).get(slug)
+        if job is None:
+            # Its expression was removed while it was queued, and the job with it.
+            raise BadInput(f"KPI {slug!r} no longer has an expression")
         return BackfillResult(
             kpi_slug=slug,
             incidents_scanned=job.done,

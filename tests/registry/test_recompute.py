@@ -268,3 +268,19 @@ async def test_an_unchanged_expression_queues_nothing(client) -> None:
     )
     assert body["data"]["updateKpiDefinition"]["recompute"] is None
     assert await KpiRecompute.count() == 0
+
+
+async def test_backfill_whose_job_vanished_meanwhile_is_bad_input_not_internal(
+    client, monkeypatch
+) -> None:
+    # The expression removed by another admin between the request and the answer drops the job.
+    real = recompute.request
+
+    async def removed_meanwhile(**options: Any) -> None:
+        await real(**options)
+        await KpiRecompute.delete().where(KpiRecompute.kpi == "mttr")
+
+    monkeypatch.setattr(recompute, "request", removed_meanwhile)
+    body = await gql(client, 'mutation { backfillKpi(slug: "mttr") { skipped } }')
+    assert codes(body) == ["BAD_USER_INPUT"]
+    assert "no longer has an expression" in body["errors"][0]["message"]
