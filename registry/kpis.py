@@ -8,9 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from piccolo.query.functions.aggregate import Avg, Count
-
-from registry import compute, db, policy, recompute, targets, validate
+from registry import compute, db, policy, recompute, rollups, targets, validate
 from registry.errors import BadInput, Conflict, NotFound
 from registry.formulas import compile_formula
 from registry.model import (
@@ -24,7 +22,7 @@ from registry.model import (
     Visibility,
 )
 from registry.rows import DEFINITION_COLUMNS, checked_columns, definition_from_row
-from registry.tables import KpiDefinition, KpiObservation, KpiRevision
+from registry.tables import KpiDefinition, KpiRevision
 
 # Domain field -> the name clients know it by, used in revisions.
 PUBLIC_NAMES = {
@@ -135,48 +133,35 @@ async def revisions_by_slug(*, viewer: Viewer, slugs: Sequence[str]) -> dict[str
 async def summaries(
     *, viewer: Viewer, keys: Sequence[tuple[Definition, SummaryWindow]]
 ) -> list[Summary]:
-    """Return a summary per (definition, window): one grouped query per distinct window."""
+    """Return a summary per (definition, window): one statement per distinct window, from the
+    rollups (registry/rollups.py)."""
     by_window: dict[SummaryWindow, list[str]] = {}
     for definition, window in keys:
         by_window.setdefault(window, []).append(definition.slug)
-    aggregates: dict[tuple[SummaryWindow, str], tuple[int, float | None]] = {}
+    found: dict[tuple[SummaryWindow, str], rollups.Total] = {}
     for window, slugs in by_window.items():
-        for slug, count, mean in await _aggregate(viewer, slugs, window):
-            aggregates[(window, slug)] = (count, mean)
-    return [
-        targets.summarize(
-            *aggregates.get((window, d.slug), (0, None)),
+        totals = await rollups.totals(
+            viewer=viewer,
+            slugs=slugs,
+            start=window.start,
+            end=window.end,
+            severity=window.severity,
+        )
+        found.update(((window, slug), total) for slug, total in totals.items())
+    summaries = []
+    for d, window in keys:
+        total = found.get((window, d.slug))
+        count = total.count if total else 0
+        summary = targets.summarize(
+            count,
+            total.total / count if total and count else None,
             d.targets,
             severity=window.severity,
             personas=viewer.personas,
+            as_of=(total.as_of if total else None) or d.created_at,
         )
-        for d, window in keys
-    ]
-
-
-async def _aggregate(
-    viewer: Viewer, slugs: list[str], window: SummaryWindow
-) -> list[tuple[str, int, float | None]]:
-    clauses = [
-        policy.visible(viewer, KpiObservation.kpi._.visibility),
-        KpiObservation.kpi.is_in(list(set(slugs))),
-    ]
-    if window.start is not None:
-        clauses.append(KpiObservation.timestamp >= window.start)
-    if window.end is not None:
-        clauses.append(KpiObservation.timestamp < window.end)
-    if window.severity is not None:
-        clauses.append(KpiObservation.incident._.severity == window.severity.value)
-    rows = await (
-        KpiObservation.select(
-            KpiObservation.kpi,
-            Count(alias="count"),
-            Avg(KpiObservation.value, alias="mean"),
-        )
-        .where(*clauses)
-        .group_by(KpiObservation.kpi)
-    )
-    return [(row["kpi"], row["count"], row["mean"]) for row in rows]
+        summaries.append(summary)
+    return summaries
 
 
 async def create_definition(*, viewer: Viewer, fields: Mapping[str, Any]) -> Definition:

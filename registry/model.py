@@ -173,6 +173,7 @@ class Summary:
     value: float | None
     target: Target | None
     meets_target: bool | None
+    as_of: datetime  # when the observations it summarises last changed
 
 
 class RecomputeState(enum.Enum):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from piccolo.columns import (
     JSON,
+    BigInt,
+    BigSerial,
     DoublePrecision,
     ForeignKey,
     Integer,
@@ -115,6 +117,23 @@ class KpiRecompute(Table, tablename="kpi_recompute"):
     lease_until = Timestamptz(null=True, default=None)
 
 
+class KpiRollup(Table, tablename="kpi_rollup"):
+    """Observations' count and sum per KPI, severity and day, week or month (registry/rollups.py).
+
+    Created and kept by the database (its triggers); the service only reads it.
+    """
+
+    id = BigSerial(primary_key=True)
+    kpi = Varchar(length=64)
+    grain = Varchar(length=1)  # D, W or M
+    severity = Varchar(length=2)
+    start = Timestamptz()
+    n = BigInt(default=0)  # observations
+    total = DoublePrecision(default=0.0)
+    stamp = BigInt(default=1)
+    changed_at = Timestamptz()
+
+
 TABLES: list[type[Table]] = [
     KpiDefinition,
     KpiRevision,
@@ -123,6 +142,8 @@ TABLES: list[type[Table]] = [
     TimelineEvent,
     Milestone,
     SurveyResponse,
+    # Before the observations: emptying the tables in reverse order empties it last.
+    KpiRollup,
     KpiObservation,
     KpiRecompute,
 ]

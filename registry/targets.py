@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 
 from registry.model import Comparison, Persona, Severity, Summary, Target
 
@@ -36,11 +37,14 @@ def summarize(
     *,
     severity: Severity | None,
     personas: frozenset[Persona],
+    as_of: datetime,
 ) -> Summary:
     """Return a Summary of aggregated observations against their applicable target."""
     value = mean if count else None
     target = applicable(targets, severity=severity, personas=personas)
-    return Summary(count=count, value=value, target=target, meets_target=meets(target, value))
+    return Summary(
+        count=count, value=value, target=target, meets_target=meets(target, value), as_of=as_of
+    )
 
 
 def to_json(target: Target) -> dict[str, object]:

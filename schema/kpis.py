@@ -70,23 +70,39 @@ class KpiRevision:
         )
 
 
+AS_OF = (
+    "when the observations summarised last changed (written, rewritten or removed); the KPI's "
+    "creation when none ever were"
+)
+
+
 @strawberry.type
 class KpiSummary:
     count: int = strawberry.field(description="observations aggregated")
     value: float | None = strawberry.field(description="their mean; null when count is 0")
     target: KpiTarget | None = strawberry.field(description="the target that applies")
     meets_target: bool | None = strawberry.field(description="null when no value or no target")
+    as_of: datetime = strawberry.field(description=AS_OF)
 
 
-@strawberry.type
+@strawberry.type(
+    description="One bucket of a series. count and mean are exact; p50 and p90 are exact while "
+    "each day, week or month the bucket sums (per severity) holds at most 128 observations, "
+    "and otherwise estimated with a rank error of at most 1% of the bucket's observations."
+)
 class KpiPoint:
     start: datetime
     count: int
     mean: float | None
-    p50: float | None
-    p90: float | None
+    p50: float | None = strawberry.field(
+        description="the median, interpolated as percentile_cont; rank error at most 1%"
+    )
+    p90: float | None = strawberry.field(
+        description="the 90th percentile, interpolated as percentile_cont; rank error at most 1%"
+    )
     target: KpiTarget | None
     meets_target: bool | None
+    as_of: datetime = strawberry.field(description=AS_OF)
 
     @classmethod
     def of(cls, point: trends.Point) -> KpiPoint:
@@ -98,6 +114,7 @@ class KpiPoint:
             p90=point.p90,
             target=KpiTarget.of(point.target),
             meets_target=point.meets_target,
+            as_of=point.as_of,
         )
 
 
@@ -197,7 +214,11 @@ class KpiDefinitionType:
         window = kpis.SummaryWindow.checked(from_, to, severity)
         s = await info.context.loaders.summary.load((self.definition, window))
         return KpiSummary(
-            count=s.count, value=s.value, target=KpiTarget.of(s.target), meets_target=s.meets_target
+            count=s.count,
+            value=s.value,
+            target=KpiTarget.of(s.target),
+            meets_target=s.meets_target,
+            as_of=s.as_of,
         )
 
     @strawberry.field(description="One point per bucket from `from` (inclusive) to `to`.")

@@ -191,7 +191,7 @@ def kpi_backfill(
     """Recompute observations from incident data, overwriting computed ones by key."""
     if every == bool(slugs):
         raise click.UsageError("give --kpi SLUG (one or more) or --all")
-    from registry import compute
+    from registry import compute, rollups
     from registry.errors import AppError
 
     operator = Viewer(subject="cli", personas=frozenset({Persona.ADMIN}))
@@ -212,6 +212,8 @@ def kpi_backfill(
 
     try:
         results = _run(go())
+        # The rollups are kept by the database; rebuilding them here mends any damage by hand.
+        _run(rollups.rebuild(list(slugs) if slugs else None))
     except AppError as error:
         raise click.ClickException(error.message) from None
     for r in results:
@@ -219,6 +221,7 @@ def kpi_backfill(
             f"{r.kpi_slug}: scanned {r.incidents_scanned}, written {r.observations_written}, "
             f"skipped {r.skipped}"
         )
+    click.echo(f"rollups rebuilt for {', '.join(slugs) if slugs else 'every KPI'}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 READS = (
     "kpi_definition",
     "kpi_observation",
+    "kpi_rollup",
     "KpiDefinition.select",
     "KpiDefinition.exists",
     "KpiObservation.select",
@@ -39,8 +40,9 @@ UNFILTERED = {
     "registry.kpis.create_definition": "an admin's write checks whether the slug is taken",
     "registry.observations._stored": "ingest's check of the keys it writes (slugs already checked)",
     "registry.recompute.request": "an admin's request, after policy.require(DEFINE)",
-    "registry.trends._postgres_sql": "the statement's template; _aggregate fills in the policy",
-    "registry.trends._sqlite_sql": "the statement's template; _aggregate fills in the policy",
+    "registry.rollups._apply": "the triggers' write of a change into the rollups",
+    "registry.rollups.triggers": "the triggers that keep the rollups: writes, in the database",
+    "registry.rollups.rebuilding": "rebuilds the rollups from the raw rows; returns nothing",
 }
 
 
@@ -73,11 +75,13 @@ def test_the_reader_finds_the_reads_it_must_find() -> None:
     for name in (
         "registry.kpis.definition_rows",
         "registry.kpis.revisions_by_slug",
-        "registry.kpis._aggregate",
+        "registry.rollups.totals",
+        "registry.rollups.buckets",
+        "registry.rollups._summarize_groups",
+        "registry.rollups._raw_values",
         "registry.observations.rows_for_incidents",
         "registry.observations.incident_with_observations",
         "registry.observations._known_slugs",
-        "registry.trends._aggregate",
         "registry.recompute.jobs_by_slug",
     ):
         assert reading.get(name) is True, name

@@ -628,17 +628,38 @@ async def test_computed_mttr_series(client: Any) -> None:
     assert [(p["count"], p["mean"]) for p in p1] == [(1, 30.0), (1, 150.0), (1, 15.0)]
 
 
-async def test_the_series_is_aggregated_by_the_database(client: Any, sql_statements: Any) -> None:
+async def test_the_series_reads_the_rollups_and_raw_rows_once_per_change(
+    client: Any, sql_statements: Any
+) -> None:
     await setup_probe(client)
-    data = spread(6, utc(2026, 3, 1), utc(2026, 4, 1), 300)
+    data = spread(6, utc(2026, 3, 2), utc(2026, 3, 30), 300)
     await ingest(client, data)
+    want = expected(data, "WEEK", utc(2026, 3, 2), utc(2026, 3, 30))
+
+    def reads() -> list[str]:
+        issued = sql_statements.statements[before:]
+        return [s for s in issued if "kpi_rollup" in s or "kpi_observation" in s]
+
+    # The first read summarizes each week from the raw rows: one statement more.
     before = sql_statements.count
-    points = await series(client, "WEEK", utc(2026, 3, 1), utc(2026, 4, 1))
-    assert_points(points, expected(data, "WEEK", utc(2026, 3, 1), utc(2026, 4, 1)))
-    issued = sql_statements.statements[before:]
-    assert len(issued) <= 5, issued
-    grouped = [s for s in issued if "kpi_observation" in s and "GROUP BY" in s.upper()]
-    assert len(grouped) == 1, issued
+    assert_points(await series(client, "WEEK", utc(2026, 3, 2), utc(2026, 3, 30)), want)
+    first = reads()
+    assert len(first) == 2, first
+    assert "kpi_observation" in first[1]
+    # The next, with nothing changed, reads the four weeks' rollup rows alone.
+    before = sql_statements.count
+    assert_points(await series(client, "WEEK", utc(2026, 3, 2), utc(2026, 3, 30)), want)
+    again = reads()
+    assert len(again) == 1 and "kpi_observation" not in again[0], again
+    # A change to one week summarizes that week again, and only it.
+    extra = Obs("INC-B", utc(2026, 3, 10, 12), 99.5)
+    await ingest(client, [extra])
+    before = sql_statements.count
+    changed = await series(client, "WEEK", utc(2026, 3, 2), utc(2026, 3, 30))
+    assert_points(changed, expected([*data, extra], "WEEK", utc(2026, 3, 2), utc(2026, 3, 30)))
+    third = reads()
+    assert len(third) == 2, third
+    assert third[1].count("o.timestamp >=") == 1, third[1]
 
 
 async def test_percentiles_for_every_bucket_size_from_1_to_40(client: Any) -> None:
