@@ -1,12 +1,14 @@
 """Prepare the PostgreSQL database of the GraphQL throughput benchmark (bench/perf_load.py).
 
 Wipes the database (its name must contain "bench"; it is created if missing), migrates it,
-generates 100,000 incidents with bench/generate.py, adds 46 KPI definitions (23 internal, 23 exec)
-to the 4 seed ones, backfills the seed KPIs with the service's own `compute.run`, then tops the
-observation table up to about 400,000 rows with ingested values of the added KPIs.
+generates 100,000 incidents with bench/generate.py (over 180 days), adds 46 KPI definitions (23
+internal, 23 exec) to the 4 seed ones, backfills the seed KPIs with the service's own
+`compute.run`, then tops the observation table up to about 4 observations per incident with
+ingested values of the added KPIs. `--incidents` scales it (the same 180 days, denser).
 
     .venv/bin/python bench/perf_data.py
-    .venv/bin/python bench/perf_data.py --database-url postgresql://postgres@127.0.0.1:5432/x_bench
+    .venv/bin/python bench/perf_data.py --incidents 1000000 \
+        --database-url postgresql://postgres@127.0.0.1:5432/mim_perf_bench_1m
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ INGESTED_SQL = f"""
       i.detected_at + make_interval(secs => 60 + s.n), ((s.n * 7919) % 1000) / 10.0,
       '{INGEST_SOURCE}', 1.0, 1, now()
     FROM generate_series(1, $1::int) AS s(n)
-    JOIN incident AS i ON i.id = 1 + (s.n * 48271) % {INCIDENTS}"""
+    JOIN incident AS i ON i.id = 1 + (s.n::bigint * 48271) % $2::int"""
 
 
 async def prepare(url: str, incidents: int, observations: int) -> dict[str, object]:
@@ -102,7 +104,7 @@ async def prepare(url: str, incidents: int, observations: int) -> dict[str, obje
     try:
         computed = await conn.fetchval("SELECT count(*) FROM kpi_observation")
         missing = max(0, observations - computed)
-        await conn.execute(INGESTED_SQL, missing)
+        await conn.execute(INGESTED_SQL, missing, incidents)
         await conn.execute("VACUUM ANALYZE")
         out["definitions"] = dict(
             await conn.fetch("SELECT visibility, count(*) FROM kpi_definition GROUP BY 1")
@@ -120,10 +122,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", default=DEFAULT_URL)
     parser.add_argument("--incidents", type=int, default=INCIDENTS)
-    parser.add_argument("--observations", type=int, default=OBSERVATIONS)
+    parser.add_argument("--observations", type=int, help="default: 4 per incident")
     args = parser.parse_args()
-    if args.incidents != INCIDENTS:
-        sys.exit("the ingested rows assume 100,000 incidents; keep --incidents at 100000")
+    if args.observations is None:
+        args.observations = OBSERVATIONS * args.incidents // INCIDENTS
     os.environ["DATABASE_URL"] = args.database_url  # piccolo_conf reads it at import
     started = time.perf_counter()
     out = asyncio.run(prepare(args.database_url, args.incidents, args.observations))

@@ -14,6 +14,7 @@ from registry.formulas import compile_formula
 from registry.model import (
     Definition,
     FieldChange,
+    KpiScope,
     Revision,
     Severity,
     Summary,
@@ -21,7 +22,13 @@ from registry.model import (
     Viewer,
     Visibility,
 )
-from registry.rows import DEFINITION_COLUMNS, checked_columns, definition_from_row
+from registry.rows import (
+    DEFINITION_COLUMNS,
+    REVIEW_DUE_COLUMNS,
+    checked_columns,
+    definition_from_row,
+    review_due,
+)
 from registry.tables import KpiDefinition, KpiRevision
 
 # Domain field -> the name clients know it by, used in revisions.
@@ -91,6 +98,17 @@ def _column_list(columns: Sequence[str]) -> str:
     return ", ".join(checked_columns(columns))
 
 
+async def review_dues(*, viewer: Viewer) -> tuple[datetime, ...]:
+    """Return, in order, when each definition the viewer may see is next due for review."""
+    rows = await definition_rows(viewer=viewer, columns=("slug", *REVIEW_DUE_COLUMNS))
+    return tuple(
+        sorted(
+            review_due(row["last_reviewed_at"], row["created_at"], row["review_cadence"])
+            for row in rows
+        )
+    )
+
+
 async def list_definitions(
     *, viewer: Viewer, visibility: Visibility | None = None
 ) -> list[Definition]:
@@ -131,7 +149,7 @@ async def revisions_by_slug(*, viewer: Viewer, slugs: Sequence[str]) -> dict[str
 
 
 async def summaries(
-    *, viewer: Viewer, keys: Sequence[tuple[Definition, SummaryWindow]]
+    *, viewer: Viewer, keys: Sequence[tuple[KpiScope, SummaryWindow]]
 ) -> list[Summary]:
     """Return a summary per (definition, window): one statement per distinct window, from the
     rollups (registry/rollups.py)."""

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 # The largest magnitude a KPI value or target threshold may have. A trillion is far beyond any
 # duration, count or score an incident KPI measures, and a sum of such values cannot overflow a
@@ -65,6 +65,25 @@ class Target:
         if self.comparison is Comparison.AT_MOST:
             return value <= self.threshold
         return value >= self.threshold
+
+
+class KpiScope(Protocol):
+    """What a summary or a series needs of its KPI (a Definition has it, or a row's parts)."""
+
+    @property
+    def slug(self) -> str: ...
+    @property
+    def targets(self) -> Sequence[Target]: ...
+    @property
+    def created_at(self) -> datetime: ...
+
+
+class KpiRef(NamedTuple):
+    """A KpiScope made of a definition row's parts."""
+
+    slug: str
+    targets: Sequence[Target]
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

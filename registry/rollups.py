@@ -449,25 +449,24 @@ def percentiles(parts: Iterable[Points], qs: Sequence[float]) -> list[float | No
     return found
 
 
+Key = tuple[str, str, str, datetime]  # kpi, grain, severity, start
+
+
 class _Cache:
     """Group summaries by (kpi, grain, severity, start), each valid at one stamp."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._entries: OrderedDict[
-            tuple[str, str, str, datetime], tuple[tuple[Any, ...], Points]
-        ] = OrderedDict()
+        self._entries: OrderedDict[Key, tuple[tuple[Any, ...], Points]] = OrderedDict()
 
-    def get(self, key: tuple[str, str, str, datetime], stamp: tuple[Any, ...]) -> Points | None:
+    def get(self, key: Key, stamp: tuple[Any, ...]) -> Points | None:
         entry = self._entries.get(key)
         if entry is None or entry[0] != stamp:
             return None
         self._entries.move_to_end(key)
         return entry[1]
 
-    def put(
-        self, key: tuple[str, str, str, datetime], stamp: tuple[Any, ...], points: Points
-    ) -> None:
+    def put(self, key: Key, stamp: tuple[Any, ...], points: Points) -> None:
         self._entries[key] = (stamp, points)
         self._entries.move_to_end(key)
         while len(self._entries) > self.size:
@@ -506,10 +505,9 @@ class Stats:
         return percentiles(self.parts or (), qs)
 
 
-Key = tuple[str, str, datetime]  # grain, severity, start
 # A rollup row as `buckets` reads it; raw rows come in the same shape (see _raw_values).
 _GROUP_COLUMNS = (
-    "r.grain, r.severity, r.start, r.n, r.total, r.stamp, r.changed_at, r.id, "
+    "r.kpi, r.grain, r.severity, r.start, r.n, r.total, r.stamp, r.changed_at, r.id, "
     "CAST(NULL AS double precision) AS value"
 )
 
@@ -517,18 +515,19 @@ _GROUP_COLUMNS = (
 async def buckets(
     *,
     viewer: Viewer,
-    slug: str,
+    slugs: Sequence[str],
     grain: Grain,
     starts: Sequence[datetime],
     start: datetime,
     end: datetime,
     severity: Severity | None,
-) -> list[Stats]:
-    """Return the stats of each bucket starting at `starts` ([start, end) cuts the first and last).
+) -> dict[str, list[Stats]]:
+    """Return, per visible KPI, the stats of each bucket starting at `starts` ([start, end) cuts
+    the first and last): one statement for every KPI.
 
     Whole buckets are read from their rollup rows, cut ones from day rows and raw edges. Group
     summaries for the percentiles come from this process's cache at the group's stamp, or else
-    from the raw rows (one more statement, which also gives the groups' count and sum).
+    from the raw rows (one more statement, which also gives those groups' count and sum).
     """
     whole: list[datetime] = []
     days: list[tuple[datetime | None, datetime | None]] = []
@@ -543,12 +542,13 @@ async def buckets(
         days.extend((lo, hi) for _, lo, hi in span.groups)
         raw.extend(span.raw)
         edge_days.extend(span.days)
+    kpis = sorted(set(slugs))
     s = db.statement()  # placeholders are taken in the text's order (SQLite's are positional)
 
     def rollup_rows(part: str) -> str:
         return (
             f"SELECT '{part}' AS part, {_GROUP_COLUMNS} FROM kpi_rollup AS r "
-            f"JOIN kpi_definition AS d ON d.slug = r.kpi WHERE r.kpi = {s.arg(slug)} "
+            f"JOIN kpi_definition AS d ON d.slug = r.kpi WHERE r.kpi {s.one_of(kpis)} "
             f"AND {policy.visible(viewer, 'd.visibility', s)}{_severity(severity, s)} AND "
         )
 
@@ -563,22 +563,21 @@ async def buckets(
         edges += " OR ".join(_range("r.start", lo, hi, s) for lo, hi in edge_days)
         parts.append(edges + ")")
     if raw:
-        parts.append(
-            _raw_values(
-                viewer,
-                slug,
-                s,
-                lambda: " OR ".join(f"({_range('o.timestamp', lo, hi, s)})" for lo, hi in raw),
-                severity,
-            )
+        sql = _raw_values(
+            viewer,
+            s,
+            f"o.kpi {s.one_of(kpis)}",
+            lambda: " OR ".join(f"({_range('o.timestamp', lo, hi, s)})" for lo, hi in raw),
         )
+        if severity is not None:
+            sql += f" AND i.severity = {s.arg(severity.value)}"
+        parts.append(sql)
     rows = await db.fetch(" UNION ALL ".join(parts), s.args)
 
-    stats = [Stats(parts=[]) for _ in starts]
-    missing: dict[Key, int] = {}  # a group summary to compute: its bucket
+    stats = {slug: [Stats(parts=[]) for _ in starts] for slug in kpis}
+    missing: dict[Key, Stats] = {}  # a group summary to compute: its bucket
     for row in rows:
-        at = bisect.bisect_right(starts, as_utc(row["start"])) - 1
-        bucket = stats[at]
+        bucket = stats[row["kpi"]][bisect.bisect_right(starts, as_utc(row["start"])) - 1]
         if row["part"] == "e":
             bucket.saw(row["changed_at"])
         elif row["part"] == "o":
@@ -586,10 +585,10 @@ async def buckets(
             assert bucket.parts is not None
             bucket.parts.append(Points((row["value"],), (1,)))
         elif row["n"]:
-            key = (row["grain"], row["severity"], as_utc(row["start"]))
-            found = cache.get((slug, *key), _version(row))
+            key = (row["kpi"], row["grain"], row["severity"], as_utc(row["start"]))
+            found = cache.get(key, _version(row))
             if found is None:
-                missing[key] = at
+                missing[key] = bucket
                 continue
             bucket.add(row["n"], row["total"], row["changed_at"])
             assert bucket.parts is not None
@@ -597,7 +596,7 @@ async def buckets(
         else:
             bucket.saw(row["changed_at"])
     if missing:
-        await _summarize_groups(viewer, slug, missing, stats)
+        await _summarize_groups(viewer, missing)
     return stats
 
 
@@ -606,72 +605,61 @@ def _version(row: Any) -> tuple[Any, ...]:
     return (row["id"], row["stamp"], row["n"], row["total"], row["changed_at"])
 
 
-def _raw_values(
-    viewer: Viewer,
-    slug: str,
-    s: db.Statement,
-    ranges: Callable[[], str],
-    severity: Severity | None,
-) -> str:
-    """SQL for one KPI's raw observations in `ranges()`, shaped as the rows of `buckets`."""
-    sql = (
-        "SELECT 'o' AS part, NULL, i.severity, o.timestamp, NULL, NULL, NULL, NULL, NULL, o.value "
-        "FROM kpi_observation AS o JOIN kpi_definition AS d ON d.slug = o.kpi "
-        f"JOIN incident AS i ON i.id = o.incident WHERE o.kpi = {s.arg(slug)} "
+def _raw_values(viewer: Viewer, s: db.Statement, kpis: str, ranges: Callable[[], str]) -> str:
+    """SQL for raw observations (`kpis`: a condition on o.kpi) in `ranges()`, shaped as the
+    rows of `buckets`. `ranges` is called where its text goes, so its placeholders come in
+    order."""
+    return (
+        "SELECT 'o' AS part, o.kpi, NULL, i.severity, o.timestamp, NULL, NULL, NULL, NULL, NULL, "
+        "o.value FROM kpi_observation AS o JOIN kpi_definition AS d ON d.slug = o.kpi "
+        f"JOIN incident AS i ON i.id = o.incident WHERE {kpis} "
         f"AND {policy.visible(viewer, 'd.visibility', s)} AND ({ranges()})"
     )
-    if severity is not None:
-        sql += f" AND i.severity = {s.arg(severity.value)}"
-    return sql
 
 
-async def _summarize_groups(
-    viewer: Viewer, slug: str, missing: dict[Key, int], stats: list[Stats]
-) -> None:
+async def _summarize_groups(viewer: Viewer, missing: dict[Key, Stats]) -> None:
     """Read the missing groups' raw values and stamps in one statement; summarize and keep them."""
     s = db.statement()  # placeholders are taken in the text's order (SQLite's are positional)
     sql = (
         f"SELECT 'g' AS part, {_GROUP_COLUMNS} FROM kpi_rollup AS r "
-        f"JOIN kpi_definition AS d ON d.slug = r.kpi WHERE r.kpi = {s.arg(slug)} "
-        f"AND {policy.visible(viewer, 'd.visibility', s)} AND ("
+        "JOIN kpi_definition AS d ON d.slug = r.kpi "
+        f"WHERE {policy.visible(viewer, 'd.visibility', s)} AND ("
     )
     sql += " OR ".join(
-        f"(r.grain = {s.arg(grain)} AND r.severity = {s.arg(severity)} "
-        f"AND r.start = {s.arg(start)})"
-        for grain, severity, start in missing
+        f"(r.kpi = {s.arg(kpi)} AND r.grain = {s.arg(grain)} "
+        f"AND r.severity = {s.arg(severity)} AND r.start = {s.arg(start)})"
+        for kpi, grain, severity, start in missing
     )
     sql += ") UNION ALL " + _raw_values(
         viewer,
-        slug,
         s,
+        "true",
         lambda: " OR ".join(
-            f"(i.severity = {s.arg(severity)} AND "
+            f"(o.kpi = {s.arg(kpi)} AND i.severity = {s.arg(severity)} AND "
             f"{_range('o.timestamp', start, grain_next(start, Grain(grain)), s)})"
-            for grain, severity, start in missing
+            for kpi, grain, severity, start in missing
         ),
-        None,
     )
     groups: dict[Key, Any] = {}
     values: dict[Key, list[float]] = {key: [] for key in missing}
-    grains = {Grain(grain) for grain, _, _ in missing}
+    grains = {Grain(grain) for _, grain, _, _ in missing}
     for row in await db.fetch(sql, s.args):
         if row["part"] == "g":
-            groups[(row["grain"], row["severity"], as_utc(row["start"]))] = row
+            groups[(row["kpi"], row["grain"], row["severity"], as_utc(row["start"]))] = row
             continue
         moment = as_utc(row["start"])
         for grain in grains:
-            key = (grain.value, row["severity"], grain_start(moment, grain))
+            key = (row["kpi"], grain.value, row["severity"], grain_start(moment, grain))
             if key in values:
                 values[key].append(row["value"])
                 break
-    for key, at in missing.items():
+    for key, bucket in missing.items():
         group = groups.get(key)
         if group is None:
             continue  # emptied and gone since the first read: nothing to add
         points = summarize(values[key])
-        cache.put((slug, *key), _version(group), points)
+        cache.put(key, _version(group), points)
         # The same snapshot as the values: the rollup's count and sum are theirs.
-        stats[at].add(group["n"], group["total"], group["changed_at"])
-        parts = stats[at].parts
-        assert parts is not None
-        parts.append(points)
+        bucket.add(group["n"], group["total"], group["changed_at"])
+        assert bucket.parts is not None
+        bucket.parts.append(points)

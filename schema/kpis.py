@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -203,15 +203,20 @@ class KpiDefinitionType:
         found = await info.context.loaders.revisions.load(self.definition.slug)
         return [KpiRevision.of(r) for r in found]
 
-    @strawberry.field
-    async def summary(
+    # summary and series check their window before anything is awaited, so that when several
+    # KPIs of a list refuse it, the error reported is always the first KPI's.
+    @strawberry.field(graphql_type=KpiSummary)
+    def summary(
         self,
         info: Info,
         from_: Annotated[datetime | None, strawberry.argument(name="from")] = None,
         to: datetime | None = None,
         severity: Severity | None = None,
-    ) -> KpiSummary:
+    ) -> Awaitable[KpiSummary]:
         window = kpis.SummaryWindow.checked(from_, to, severity)
+        return self._summary(info, window)
+
+    async def _summary(self, info: Info, window: kpis.SummaryWindow) -> KpiSummary:
         s = await info.context.loaders.summary.load((self.definition, window))
         return KpiSummary(
             count=s.count,
@@ -221,23 +226,23 @@ class KpiDefinitionType:
             as_of=s.as_of,
         )
 
-    @strawberry.field(description="One point per bucket from `from` (inclusive) to `to`.")
-    async def series(
+    @strawberry.field(
+        graphql_type=list[KpiPoint],
+        description="One point per bucket from `from` (inclusive) to `to`.",
+    )
+    def series(
         self,
         info: Info,
         bucket: Bucket,
         from_: Annotated[datetime, strawberry.argument(name="from")],
         to: datetime,
         severity: Severity | None = None,
-    ) -> list[KpiPoint]:
-        points = await trends.series(
-            viewer=info.context.viewer,
-            definition=self.definition,
-            bucket=bucket,
-            start=from_,
-            end=to,
-            severity=severity,
-        )
+    ) -> Awaitable[list[KpiPoint]]:
+        window = trends.Window.checked(bucket, from_, to, severity)
+        return self._series(info, window)
+
+    async def _series(self, info: Info, window: trends.Window) -> list[KpiPoint]:
+        points = await info.context.loaders.series.load((self.definition, window))
         return [KpiPoint.of(p) for p in points]
 
 

@@ -5,12 +5,14 @@ variable (variables are checked before they are coerced, so an oversized list co
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
 from graphql import (
     ArgumentNode,
     DocumentNode,
+    EnumValueNode,
     FieldNode,
     FragmentDefinitionNode,
     FragmentSpreadNode,
@@ -21,12 +23,16 @@ from graphql import (
     ObjectValueNode,
     OperationDefinitionNode,
     SelectionSetNode,
+    StringValueNode,
     ValidationRule,
     ValueNode,
     VariableNode,
     parse,
 )
 from graphql.utilities import get_operation_ast
+
+from registry import trends
+from registry.errors import AppError
 
 MAX_TOKENS = 1000
 
@@ -202,8 +208,30 @@ def _field_cost(
         return own + _cost(node.selection_set, fragments, size, seen, variables)
     if name == "edges":
         return own + page * _cost(node.selection_set, fragments, page, seen, variables)
-    size = LIST_SIZES.get(name, 1)
+    size = _series_points(node) if name == "series" else LIST_SIZES.get(name, 1)
     return own + size * _cost(node.selection_set, fragments, page, seen, variables)
+
+
+def _series_points(node: FieldNode) -> int:
+    """Return how many buckets a series holds: counted when its bucket and bounds are written
+    in the document, else the most a series may have."""
+    given = {a.name.value: a.value for a in node.arguments or ()}
+    bucket, start, end = given.get("bucket"), given.get("from"), given.get("to")
+    if not (
+        isinstance(bucket, EnumValueNode)
+        and isinstance(start, StringValueNode)
+        and isinstance(end, StringValueNode)
+    ):
+        return LIST_SIZES["series"]
+    try:
+        window = trends.Window.checked(
+            trends.Bucket[bucket.value],
+            datetime.fromisoformat(start.value.replace("Z", "+00:00")),
+            datetime.fromisoformat(end.value.replace("Z", "+00:00")),
+        )
+    except (KeyError, ValueError, AppError):
+        return LIST_SIZES["series"]  # the executor reports what is wrong with them
+    return len(window.starts)
 
 
 def _first(node: FieldNode, default: int) -> int:

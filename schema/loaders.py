@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from strawberry.dataloader import DataLoader as StrawberryDataLoader
 
-from registry import incidents, kpis, observations, recompute
+from registry import incidents, kpis, observations, recompute, trends
 from registry.model import (
     Alert,
     Definition,
@@ -50,6 +50,7 @@ class Loaders:
         self.revisions = DataLoader[str, list[Revision]](self._revisions)
         self.recompute = DataLoader[str, Recompute | None](self._recomputes)
         self.summary = DataLoader[tuple[Definition, kpis.SummaryWindow], Summary](self._summaries)
+        self.series = DataLoader[tuple[Definition, trends.Window], list[trends.Point]](self._series)
         self.incident = DataLoader[int, Incident | None](self._incidents)
         self.alerts = DataLoader[int, list[Alert]](self._children(incidents.alerts_for))
         self.timeline = DataLoader[int, list[TimelineEvent]](self._children(incidents.timeline_for))
@@ -75,6 +76,11 @@ class Loaders:
         self, keys: Sequence[tuple[Definition, kpis.SummaryWindow]]
     ) -> list[Summary]:
         return await kpis.summaries(viewer=self.viewer, keys=keys)
+
+    async def _series(
+        self, keys: Sequence[tuple[Definition, trends.Window]]
+    ) -> list[list[trends.Point]]:
+        return await trends.series(viewer=self.viewer, keys=keys)
 
     async def _incidents(self, pks: Sequence[int]) -> list[Incident | None]:
         found = await incidents.by_pk(viewer=self.viewer, pks=pks)

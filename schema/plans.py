@@ -42,8 +42,8 @@ from graphql.error import GraphQLError
 from graphql.execution.values import VariableValues, get_argument_values, get_variable_values
 from graphql.utilities import get_operation_ast
 
-from registry import incidents, kpis, observations, policy, targets
-from registry.model import Persona, Severity, Target, Viewer, Visibility
+from registry import incidents, kpis, observations, policy, targets, trends
+from registry.model import KpiRef, Persona, Severity, Target, Viewer, Visibility
 from registry.rows import target_list
 from schema.fields import FromRow, declaration_of
 
@@ -67,6 +67,8 @@ class Run:
     variables: VariableValues
     children: dict[int, dict[int, list[Row]]] = field(default_factory=dict)
     incidents: dict[int, Row] = field(default_factory=dict)
+    # Summaries and series by field (see _Compiler.aggregate), then by KPI slug.
+    aggregates: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +244,24 @@ TARGET_SCALARS: dict[str, Getter] = {
     "threshold": lambda target, run: float(target.threshold),
 }
 
+# A KPI's summary (registry.model.Summary) and a series' points (registry.trends.Point); their
+# `target` is built by a nested shape.
+SUMMARY_FIELDS: dict[str, Getter] = {
+    "count": lambda summary, run: summary.count,
+    "value": lambda summary, run: summary.value,
+    "meetsTarget": lambda summary, run: summary.meets_target,
+    "asOf": lambda summary, run: summary.as_of,
+}
+POINT_FIELDS: dict[str, Getter] = {
+    "start": lambda point, run: point.start,
+    "count": lambda point, run: point.count,
+    "mean": lambda point, run: point.mean,
+    "p50": lambda point, run: point.p50,
+    "p90": lambda point, run: point.p90,
+    "meetsTarget": lambda point, run: point.meets_target,
+    "asOf": lambda point, run: point.as_of,
+}
+
 CHILD_KINDS = {
     "alerts": "alerts",
     "timeline": "timeline",
@@ -256,6 +276,7 @@ class _Compiler:
     def __init__(self, schema: GraphQLSchema, fragments: dict[str, FragmentDefinitionNode]):
         self.schema = schema
         self.fragments = fragments
+        self.slots: list[str] = []  # the summary and series fields, in compiling order
 
     # --- field collection, as the executor does it (skip/include with literals only) -------
 
@@ -350,6 +371,7 @@ class _Compiler:
                 columns=columns,
                 visibility=None if visibility is None else Visibility(visibility),
             )
+            await shape.prefetch(rows, run)
             return [shape.build(row, run) for row in rows]
 
         return resolve
@@ -361,7 +383,10 @@ class _Compiler:
             slug = args(run)["slug"]
             rows = await kpis.definition_rows(viewer=run.viewer, columns=columns, slugs=[slug])
             found = [row for row in rows if row["slug"] == slug]
-            return shape.build(found[0], run) if found else None
+            if not found:
+                return None
+            await shape.prefetch(found, run)
+            return shape.build(found[0], run)
 
         return resolve
 
@@ -484,9 +509,68 @@ class _Compiler:
                 target = self.scalars(target_type, target_fields, TARGET_SCALARS)
                 columns["targets"] = None
                 shape.fields.append((key, _targets(prefix + "targets", target)))
+            elif name in ("summary", "series") and not prefix:
+                columns.update(dict.fromkeys(("targets", "created_at")))
+                fetch, get = self.aggregate(type_, name, subnodes)
+                shape.prefetches.append(fetch)
+                shape.fields.append((key, get))
             else:
-                raise NotCovered(name)  # revisions, summary, series: the standard executor
+                raise NotCovered(name)  # revisions, recompute: the standard executor
         return shape.seal(), list(columns)
+
+    def aggregate(
+        self, parent: GraphQLObjectType, name: str, nodes: Sequence[FieldNode]
+    ) -> tuple[Callable[[Sequence[Row], Run], Awaitable[None]], Getter]:
+        """Return the fetch (once for every KPI of the level) and the getter of a KPI's
+        `summary` or `series`, read through the same domain calls as the resolvers."""
+        args = self.arguments(parent, nodes)
+        slot = len(self.slots)
+        self.slots.append(name)
+        type_, fields = self.subfields("KpiSummary" if name == "summary" else "KpiPoint", nodes)
+        getters = SUMMARY_FIELDS if name == "summary" else POINT_FIELDS
+        item = Shape()
+        for key, subnodes in fields.items():
+            field_name = subnodes[0].name.value
+            if field_name == "__typename":
+                item.fields.append((key, _typename(type_.name)))
+            elif field_name == "target":
+                target_type, target_fields = self.subfields("KpiTarget", subnodes)
+                target = self.scalars(target_type, target_fields, TARGET_SCALARS)
+                item.fields.append((key, _target(target)))
+            elif field_name in getters:
+                item.fields.append((key, getters[field_name]))
+            else:
+                raise NotCovered(field_name)
+        item.seal()
+
+        async def fetch(rows: Sequence[Row], run: Run) -> None:
+            given = args(run)
+            severity = given.get("severity")
+            severity = None if severity is None else Severity(severity)
+            scopes = [
+                KpiRef(row["slug"], target_list(row["targets"]), row["created_at"]) for row in rows
+            ]
+            found: Sequence[Any]
+            if name == "summary":
+                window = kpis.SummaryWindow.checked(given.get("from"), given.get("to"), severity)
+                found = await kpis.summaries(
+                    viewer=run.viewer, keys=[(scope, window) for scope in scopes]
+                )
+            else:
+                bucket = trends.Bucket(given["bucket"])
+                points = trends.Window.checked(bucket, given["from"], given["to"], severity)
+                found = await trends.series(
+                    viewer=run.viewer, keys=[(scope, points) for scope in scopes]
+                )
+            run.aggregates[slot] = {
+                scope.slug: value for scope, value in zip(scopes, found, strict=True)
+            }
+
+        if name == "summary":
+            return fetch, lambda row, run: item.build(run.aggregates[slot][row["slug"]], run)
+        return fetch, lambda row, run: [
+            item.build(point, run) for point in run.aggregates[slot][row["slug"]]
+        ]
 
     def incident(self, nodes: Sequence[FieldNode]) -> Shape:
         """Return the shape of Incident objects (rows of every incident column)."""
@@ -675,6 +759,11 @@ def _targets(column: str, shape: Shape) -> Getter:
         return [shape.build(target, run) for target in found]
 
     return get
+
+
+def _target(shape: Shape) -> Getter:
+    """The getter of a summary's or a point's `target`, built by `shape` (null when none)."""
+    return lambda item, run: None if item.target is None else shape.build(item.target, run)
 
 
 def _cursor(row: Row, run: Run) -> str:

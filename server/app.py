@@ -24,7 +24,8 @@ from schema import MAX_TOKENS, build_schema, schema
 from schema.context import Context
 from schema.errors import INTERNAL_MESSAGE, TIMEOUT_MESSAGE, UNAVAILABLE_MESSAGE, coded_errors
 from schema.fast_path import FastPath
-from server import health, rest
+from schema.limits import request_refusal
+from server import health, rest, revalidation
 from server.auth import TokenVerifier
 from server.config import Settings
 from server.http import VIEWER, error_response
@@ -111,6 +112,17 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
 
 
 @web.middleware
+async def revalidate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give GET answers that were tagged before they were made (revalidation.check) their ETag.
+
+    Only answers without errors are tagged; every other response is no-store (_no_store).
+    """
+    response = await handler(request)
+    revalidation.tag_answer(request, response)
+    return response
+
+
+@web.middleware
 async def mask_faults(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Answer an unexpected exception with a coded INTERNAL error, logging the detail here."""
     try:
@@ -177,6 +189,17 @@ class MimGraphQLView(GraphQLView[Context, None]):
             body = read_query_string(request.query)
             if body is not None and (refusal := operation_refusal(body)) is not None:
                 return error_response(400, "BAD_USER_INPUT", refusal)
+        viewer = request.get(VIEWER)
+        if request.method == "GET" and body is not None and viewer is not None:
+            query, name = body.get("query"), body.get("operationName")
+            # Refused requests read nothing, not even the generation.
+            if (
+                isinstance(query, str)
+                and request_refusal(query, name, body.get("variables")) is None
+            ):
+                clock = "reviewOverdue" in query
+                if (same := await revalidation.check(request, viewer, clock=clock)) is not None:
+                    return same
         if body is not None and self.fast_path is not None:
             answer = await self.fast_path.respond(body, request.get(VIEWER, ANONYMOUS))
             if answer is not None:
@@ -209,6 +232,11 @@ class MimGraphQLView(GraphQLView[Context, None]):
 async def _without_server_header(request: web.Request, response: web.StreamResponse) -> None:
     # Which server and version answer is nobody's business but ours.
     response.headers.pop("Server", None)
+
+
+async def _no_store(request: web.Request, response: web.StreamResponse) -> None:
+    # Only answers tagged for revalidation may be kept; mutations, errors and refusals never.
+    response.headers.setdefault("Cache-Control", "no-store")
 
 
 def read_body(raw: bytes) -> tuple[dict[str, Any], str | None]:
@@ -275,7 +303,7 @@ async def _recomputes(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> web.Application:
     """Return the service's application for these settings."""
     app = web.Application(
-        middlewares=[refuse_upgrades, mask_faults, refuse_encoded_bodies, authenticate],
+        middlewares=[refuse_upgrades, mask_faults, refuse_encoded_bodies, authenticate, revalidate],
         # Room for long tokens, so that an oversized one meets the 401 and not a parser error.
         # Bodies are never decompressed by the parser (refuse_encoded_bodies refuses them), so a
         # bad or unsupported encoding cannot fail below the middlewares.
@@ -288,7 +316,9 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_recomputes)
     app.on_response_prepare.append(_without_server_header)
+    app.on_response_prepare.append(_no_store)
     served_schema = schema if settings.introspection else build_schema(introspection=False)
+    app[revalidation.REVALIDATOR] = revalidation.Revalidator(served_schema.as_str())
     fast_path = FastPath(served_schema) if settings.fast_path else None
     if fast_path is not None:
         app[FAST_PATH] = fast_path

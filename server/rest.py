@@ -14,6 +14,7 @@ from schema.fields import FromRow, json_value, row_fields
 from schema.incidents import IncidentType
 from schema.kpis import KpiDefinitionType
 from schema.observations import KpiObservation
+from server import revalidation
 from server.http import error_response, viewer_of
 
 
@@ -54,6 +55,8 @@ def _visibility(request: web.Request) -> Visibility | None:
 
 
 async def list_kpis(request: web.Request) -> web.Response:
+    if (same := await revalidation.check(request, viewer_of(request), clock=True)) is not None:
+        return same
     try:
         found = await kpis.list_definitions(
             viewer=viewer_of(request), visibility=_visibility(request)
@@ -64,6 +67,8 @@ async def list_kpis(request: web.Request) -> web.Response:
 
 
 async def get_kpi(request: web.Request) -> web.Response:
+    if (same := await revalidation.check(request, viewer_of(request), clock=True)) is not None:
+        return same
     try:
         found = await kpis.get_definition(
             viewer=viewer_of(request), slug=request.match_info["slug"]
@@ -77,6 +82,8 @@ async def get_kpi(request: web.Request) -> web.Response:
 
 async def incident_kpis(request: web.Request) -> web.Response:
     viewer = viewer_of(request)
+    if (same := await revalidation.check(request, viewer, clock=False)) is not None:
+        return same
     try:
         # `?kpi=mttr&kpi=mtta`: only those KPIs' observations (as `incident.kpis(slugs:)`).
         incident, found = await observations.of_incident(

@@ -390,16 +390,18 @@ async def test_an_exec_token_reads_no_rollup_of_an_internal_kpi(client: Any) -> 
         await rollups.totals(viewer=exec_, slugs=["probe-b"], start=None, end=None, severity=None)
         == {}
     )
-    stats = await rollups.buckets(
-        viewer=exec_,
-        slug="probe-b",
-        grain=rollups.Grain.MONTH,
-        starts=[utc(2026, 1, 1), utc(2026, 2, 1), utc(2026, 3, 1), utc(2026, 4, 1)],
-        start=utc(2026, 1, 1),
-        end=utc(2026, 4, 15),
-        severity=None,
-    )
-    assert [s.count for s in stats] == [0, 0, 0, 0]
+    admin = Viewer(subject="admin", personas=frozenset({Persona.ADMIN}))
+    for viewer, seen in ((exec_, 0), (admin, len(inputs))):
+        stats = await rollups.buckets(
+            viewer=viewer,
+            slugs=["probe-b"],
+            grain=rollups.Grain.MONTH,
+            starts=[utc(2026, 1, 1), utc(2026, 2, 1), utc(2026, 3, 1), utc(2026, 4, 1)],
+            start=utc(2026, 1, 1),
+            end=utc(2026, 4, 15),
+            severity=None,
+        )
+        assert sum(s.count for s in stats["probe-b"]) == seen, viewer
 
 
 # --- percentiles from group summaries ---------------------------------------------------------
@@ -457,3 +459,15 @@ def test_the_rank_error_measure_catches_a_bad_estimate() -> None:
     values = [float(n) for n in range(1000)]
     assert rank_error(values, 549.0, 0.5) == pytest.approx(0.05, abs=0.002)
     assert rank_error(values, 499.5, 0.5) == 0.0
+
+
+async def test_a_window_refused_by_every_kpi_of_a_list_is_reported_for_the_first(
+    client: Any,
+) -> None:
+    query = """{ kpis { slug summary(from: "2026-03-02T00:00:00Z", to: "2026-03-01T00:00:00Z") {
+      count } series(bucket: DAY, from: "2026-03-01T00:00:00Z", to: "2026-03-02T00:00:00Z") {
+      count } } }"""
+    for _ in range(5):
+        body = await gql(client, query, persona="exec")
+        assert body["data"] is None
+        assert [e["path"] for e in body["errors"]] == [["kpis", 0, "summary"]], body

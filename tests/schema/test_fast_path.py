@@ -57,7 +57,7 @@ from tests.conftest import (
 SCHEMA_SDL = (Path(__file__).resolve().parents[2] / "schema.graphql").read_text()
 SCHEMA = graphql.build_schema(SCHEMA_SDL)
 # KpiDefinition fields plans leave to the standard executor.
-UNCOVERED = frozenset({"revisions", "summary", "series"})
+UNCOVERED = frozenset({"revisions"})
 
 # FAST_PATH_SEED replays one run's documents; FAST_PATH_SCALE multiplies them (a long soak).
 SEED = run_seed("FAST_PATH_SEED")
@@ -1112,16 +1112,28 @@ PASSED_ON: dict[str, tuple[str, str, Any, str | None, str | None]] = {
         None, "M", FORBIDDEN,
     ),
     "covered and uncovered fields together": (
-        "exec", "{ kpis { slug summary { count } } }", None, None, None
+        "exec", "{ kpis { slug revisions { version } } }", None, None, None
     ),
     "revisions": (
         "admin", '{ kpi(slug: "mtta") { slug revisions { version note } } }', None, None, None
     ),
-    "series": (
+    "a series whose to is not after from": (
+        "exec",
+        """{ kpis { series(bucket: DAY, from: "2026-03-01T00:00:00Z",
+          to: "2026-03-01T00:00:00Z") { count } } }""",
+        None, None, "to must be after from",
+    ),
+    "a series of more than 1000 points": (
+        "exec",
+        """{ kpi(slug: "mttr") { series(bucket: DAY, from: "2020-01-01T00:00:00Z",
+          to: "2026-01-01T00:00:00Z") { count } } }""",
+        None, None, "at most 1000 points",
+    ),
+    "a summary whose to is before from": (
         "stakeholder",
-        """{ kpis { slug series(bucket: MONTH, from: "2026-01-01T00:00:00Z",
-          to: "2026-06-01T00:00:00Z") { count mean } } }""",
-        None, None, None,
+        """{ kpis { summary(from: "2026-03-02T00:00:00Z", to: "2026-03-01T00:00:00Z") {
+          count } } }""",
+        None, None, "to must be after from",
     ),
     "an unknown persona on the kpis": (UNKNOWN_PERSONA, Q1, None, None, FORBIDDEN),
     "an unknown persona on a page": (UNKNOWN_PERSONA, Q2, None, None, FORBIDDEN),
@@ -1256,6 +1268,78 @@ async def test_with_introspection_off_both_paths_refuse_it_alike_and_the_rest_is
         await same(fast, standard, "exec", "{ __typename }", served=True)
 
 
+# --- dashboards: summaries and series from the rollups -------------------------------------------
+
+DASHBOARD = """query ($severity: Severity, $from: DateTime, $to: DateTime) {
+  kpis { slug name units
+    summary(severity: $severity, from: $from, to: $to) {
+      count value target { comparison threshold severity persona } meetsTarget asOf }
+    all: summary { count value asOf __typename }
+  }
+}"""
+SERIES = """query ($severity: Severity) {
+  kpis { slug
+    series(bucket: BUCKET, from: "FROM", to: "TO", severity: $severity) {
+      start count mean p50 p90 target { threshold persona } meetsTarget asOf }
+  }
+  one: kpi(slug: "mttr") { weekly: series(bucket: WEEK, from: "FROM", to: "TO") { start p90 } }
+}"""
+
+
+def series_query(bucket: str, start: str, end: str) -> str:
+    """The series query for a bucket and bounds written in it (so its cost counts the buckets)."""
+    return SERIES.replace("BUCKET", bucket).replace("FROM", start).replace("TO", end)
+
+
+WINDOWS = [
+    (None, None),
+    ("2026-03-01T00:00:00Z", "2026-06-01T00:00:00Z"),  # whole months
+    ("2026-02-17T09:30:00Z", "2026-05-03T17:45:10+02:00"),  # cut days, weeks and months
+    ("2026-05-10T11:00:00Z", "2026-05-10T13:00:00Z"),  # within one day
+    ("2026-04-01T00:00:00Z", None),
+    (None, "2026-04-15T06:00:00Z"),
+]
+
+
+async def test_dashboards_are_served_with_the_standard_answer_for_every_persona(
+    fast: TestClient, standard: TestClient, world: World
+) -> None:
+    seen_values = 0
+    for persona in ALL_PERSONAS:
+        for severity in (None, "P1", "P3"):
+            for start, end in WINDOWS:
+                variables = {"severity": severity, "from": start, "to": end}
+                served = persona != UNKNOWN_PERSONA
+                body = await same(fast, standard, persona, DASHBOARD, variables, served=served)
+                if not served:
+                    continue
+                kpis = body["data"]["kpis"]
+                slugs = {k["slug"] for k in kpis}
+                assert slugs.isdisjoint(INTERNAL_SLUGS) or persona not in EXEC_ONLY
+                seen_values += sum(k["summary"]["value"] is not None for k in kpis)
+    assert seen_values > 50  # the windows hold data: the comparison is not of empty answers
+
+
+async def test_series_are_served_with_the_standard_answer_for_every_persona(
+    fast: TestClient, standard: TestClient, world: World
+) -> None:
+    counts = 0
+    windows = {
+        "DAY": (WINDOWS[3], ("2026-05-01T00:00:00Z", "2026-05-20T06:00:00Z")),
+        "WEEK": (WINDOWS[1], WINDOWS[2]),
+        "MONTH": (WINDOWS[1], WINDOWS[2]),
+    }
+    for persona in PERSONAS:
+        for bucket, bounds in windows.items():
+            for start, end in bounds:
+                query = series_query(bucket, start, end)
+                body = await same(fast, standard, persona, query, {"severity": None}, served=True)
+                counts += sum(p["count"] for k in body["data"]["kpis"] for p in k["series"])
+        query = series_query("WEEK", *WINDOWS[2])
+        await same(fast, standard, persona, query, {"severity": "P2"}, served=True)
+    assert counts > 100
+
+
 # --- statements per request ----------------------------------------------------------------------
 
 
@@ -1282,6 +1366,28 @@ async def test_the_kpi_list_costs_one_statement_on_the_fast_path(
 ) -> None:
     statements = await statements_for(fast, sql_statements, Q1)
     assert len(statements) == 1, statements
+
+
+async def test_the_dashboard_costs_two_statements_whatever_the_history(
+    fast: TestClient, hundred_incidents: None, sql_statements: StatementCounter
+) -> None:
+    query = "{ kpis { slug summary(severity: P1) { count value meetsTarget asOf } } }"
+    statements = await statements_for(fast, sql_statements, query)
+    # The KPI list, then every summary from the rollups in one statement: no raw row is read.
+    assert len(statements) == 2, statements
+    assert "kpi_rollup" in statements[1] and "kpi_observation" not in statements[1]
+
+
+async def test_series_for_every_kpi_cost_two_statements_once_their_groups_are_summarized(
+    fast: TestClient, hundred_incidents: None, sql_statements: StatementCounter
+) -> None:
+    query = """{ kpis { slug series(bucket: WEEK, from: "2026-03-02T00:00:00Z",
+      to: "2026-06-01T00:00:00Z") { count mean p50 p90 } } }"""
+    first = await statements_for(fast, sql_statements, query)
+    # The KPI list, the rollups, and the raw values of the groups not yet summarized.
+    assert len(first) == 3 and "kpi_observation" in first[2], first
+    again = await statements_for(fast, sql_statements, query)
+    assert len(again) == 2 and "kpi_observation" not in again[1], again
 
 
 async def test_a_page_costs_two_statements_on_the_fast_path_whatever_its_size(
