@@ -122,9 +122,11 @@ async def _next_batch(
     """Return (last id, number of incidents) of the next batch after id `after`, or None."""
     if which == "postgres":
         row = await connection.fetchrow(
+            # FOR SHARE: the batch waits for ingest transactions on its incidents to commit (so
+            # the next statement computes from their data), and later ones wait for the batch.
             "SELECT max(id) AS hi, count(*) AS n FROM (SELECT id FROM incident WHERE id > $1 "
             "AND ($2::timestamptz IS NULL OR detected_at >= $2::timestamptz) "
-            "ORDER BY id LIMIT $3) AS b",
+            "ORDER BY id LIMIT $3 FOR SHARE) AS b",
             after,
             since,
             size,
