@@ -66,7 +66,7 @@ INGESTED_SQL = f"""
     INSERT INTO kpi_observation (kpi, incident, timestamp, value, source, confidence,
       definition_version, recorded_at)
     SELECT 'perf-kpi-' || lpad((1 + s.n % {EXTRA_KPIS})::text, 2, '0'), i.id,
-      i.detected_at + make_interval(secs => 60 + s.n), ((s.n * 7919) % 1000) / 10.0,
+      i.detected_at + make_interval(secs => 60 + s.n), ((s.n::bigint * 7919) % 1000) / 10.0,
       '{INGEST_SOURCE}', 1.0, 1, now()
     FROM generate_series(1, $1::int) AS s(n)
     JOIN incident AS i ON i.id = 1 + (s.n::bigint * 48271) % $2::int"""
