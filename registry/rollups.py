@@ -617,42 +617,55 @@ def _raw_values(viewer: Viewer, s: db.Statement, kpis: str, ranges: Callable[[],
     )
 
 
+def _keys(missing: dict[Key, Stats], s: db.Statement) -> str:
+    """SQL for a table of groups: kpi, grain, severity, start, and the bucket's bounds lo, hi."""
+    rows = [(*key, grain_next(key[3], Grain(key[1]))) for key in missing]
+    if s.postgres:  # five arrays, however many groups
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        kinds = ("text", "text", "text", "timestamptz", "timestamptz")
+        arrays = ", ".join(f"{s.arg(c)}::{kind}[]" for c, kind in zip(columns, kinds, strict=True))
+        return (
+            f"SELECT u.kpi, u.grain, u.severity, u.start, u.start AS lo, u.hi "
+            f"FROM unnest({arrays}) AS u(kpi, grain, severity, start, hi)"
+        )
+    values = ", ".join(
+        f"({s.arg(kpi)}, {s.arg(grain)}, {s.arg(sev)}, {s.arg(start)}, {s.arg(hi)})"
+        for kpi, grain, sev, start, hi in rows
+    )
+    return (
+        "SELECT column1 AS kpi, column2 AS grain, column3 AS severity, column4 AS start, "
+        f"column4 AS lo, column5 AS hi FROM (VALUES {values})"
+    )
+
+
 async def _summarize_groups(viewer: Viewer, missing: dict[Key, Stats]) -> None:
-    """Read the missing groups' raw values and stamps in one statement; summarize and keep them."""
+    """Read the missing groups' raw values and stamps in one statement; summarize and keep them.
+
+    The groups' keys are a table joined to the rollups and to the observations (a condition
+    per group would be tested against every row: minutes for a few thousand groups).
+    """
     s = db.statement()  # placeholders are taken in the text's order (SQLite's are positional)
     sql = (
-        f"SELECT 'g' AS part, {_GROUP_COLUMNS} FROM kpi_rollup AS r "
+        f"WITH k AS ({_keys(missing, s)}) "
+        f"SELECT 'g' AS part, {_GROUP_COLUMNS} FROM k JOIN kpi_rollup AS r ON r.kpi = k.kpi "
+        "AND r.grain = k.grain AND r.severity = k.severity AND r.start = k.start "
         "JOIN kpi_definition AS d ON d.slug = r.kpi "
-        f"WHERE {policy.visible(viewer, 'd.visibility', s)} AND ("
-    )
-    sql += " OR ".join(
-        f"(r.kpi = {s.arg(kpi)} AND r.grain = {s.arg(grain)} "
-        f"AND r.severity = {s.arg(severity)} AND r.start = {s.arg(start)})"
-        for kpi, grain, severity, start in missing
-    )
-    sql += ") UNION ALL " + _raw_values(
-        viewer,
-        s,
-        "true",
-        lambda: " OR ".join(
-            f"(o.kpi = {s.arg(kpi)} AND i.severity = {s.arg(severity)} AND "
-            f"{_range('o.timestamp', start, grain_next(start, Grain(grain)), s)})"
-            for kpi, grain, severity, start in missing
-        ),
+        f"WHERE {policy.visible(viewer, 'd.visibility', s)} "
+        "UNION ALL SELECT 'o' AS part, k.kpi, k.grain, k.severity, k.start, NULL, NULL, NULL, "
+        "NULL, NULL, o.value FROM k JOIN kpi_observation AS o ON o.kpi = k.kpi "
+        "AND o.timestamp >= k.lo AND o.timestamp < k.hi "
+        "JOIN incident AS i ON i.id = o.incident AND i.severity = k.severity "
+        "JOIN kpi_definition AS d ON d.slug = o.kpi "
+        f"WHERE {policy.visible(viewer, 'd.visibility', s)}"
     )
     groups: dict[Key, Any] = {}
     values: dict[Key, list[float]] = {key: [] for key in missing}
-    grains = {Grain(grain) for _, grain, _, _ in missing}
     for row in await db.fetch(sql, s.args):
+        key = (row["kpi"], row["grain"], row["severity"], as_utc(row["start"]))
         if row["part"] == "g":
-            groups[(row["kpi"], row["grain"], row["severity"], as_utc(row["start"]))] = row
-            continue
-        moment = as_utc(row["start"])
-        for grain in grains:
-            key = (row["kpi"], grain.value, row["severity"], grain_start(moment, grain))
-            if key in values:
-                values[key].append(row["value"])
-                break
+            groups[key] = row
+        elif key in values:
+            values[key].append(row["value"])
     for key, bucket in missing.items():
         group = groups.get(key)
         if group is None:
