@@ -18,8 +18,8 @@ import bisect
 import enum
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -453,30 +453,34 @@ Key = tuple[str, str, str, datetime]  # kpi, grain, severity, start
 
 
 class _Cache:
-    """Group summaries by (kpi, grain, severity, start), each valid at one stamp."""
+    """Values by key (a group, or a bucket's groups), each valid at one stamp; least recently used
+    go first."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._entries: OrderedDict[Key, tuple[tuple[Any, ...], Points]] = OrderedDict()
+        self._entries: OrderedDict[Hashable, tuple[Hashable, Any]] = OrderedDict()
 
-    def get(self, key: Key, stamp: tuple[Any, ...]) -> Points | None:
+    def get(self, key: Hashable, stamp: Hashable) -> Any:
         entry = self._entries.get(key)
         if entry is None or entry[0] != stamp:
             return None
         self._entries.move_to_end(key)
         return entry[1]
 
-    def put(self, key: Key, stamp: tuple[Any, ...], points: Points) -> None:
+    def put(self, key: Hashable, stamp: Hashable, points: Any) -> None:
         self._entries[key] = (stamp, points)
         self._entries.move_to_end(key)
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
 
     def clear(self) -> None:
+        """Forget every entry."""
         self._entries.clear()
 
 
 cache = _Cache(CACHED_GROUPS)
+# Buckets' merged percentiles by the groups (and versions) they merged; see Stats.percentiles.
+merged = _Cache(CACHED_GROUPS)
 
 
 # --- series: one bucket's count, sum, percentiles and last change -----------------------------
@@ -490,6 +494,8 @@ class Stats:
     total: float = 0.0
     parts: list[Points] | None = None
     as_of: datetime | None = None
+    # The cached groups its parts came from, at their versions (None once a raw row joined).
+    sources: list[tuple[Key, tuple[Any, ...]]] | None = field(default_factory=list)
 
     def add(self, count: int, total: float, changed_at: Any) -> None:
         self.count += count
@@ -502,7 +508,23 @@ class Stats:
             self.as_of = moment if self.as_of is None else max(self.as_of, moment)
 
     def percentiles(self, qs: Sequence[float]) -> list[float | None]:
-        return percentiles(self.parts or (), qs)
+        if not self.sources:
+            return percentiles(self.parts or (), qs)
+        # Merging a bucket's group summaries is the costly part of a warm read: kept per
+        # bucket, valid while every group it merged is at the same version.
+        key = frozenset(self.sources)
+        found = merged.get(key, tuple(qs))
+        if found is None:
+            found = percentiles(self.parts or (), qs)
+            merged.put(key, tuple(qs), found)
+        return found
+
+    def took(self, key: Key, version: tuple[Any, ...], points: Points) -> None:
+        """Add a group's summary to the bucket's parts."""
+        assert self.parts is not None
+        self.parts.append(points)
+        if self.sources is not None:
+            self.sources.append((key, version))
 
 
 # A rollup row as `buckets` reads it; raw rows come in the same shape (see _raw_values).
@@ -584,15 +606,16 @@ async def buckets(
             bucket.add(1, row["value"], None)
             assert bucket.parts is not None
             bucket.parts.append(Points((row["value"],), (1,)))
+            bucket.sources = None
         elif row["n"]:
             key = (row["kpi"], row["grain"], row["severity"], as_utc(row["start"]))
-            found = cache.get(key, _version(row))
+            version = _version(row)
+            found = cache.get(key, version)
             if found is None:
                 missing[key] = bucket
                 continue
             bucket.add(row["n"], row["total"], row["changed_at"])
-            assert bucket.parts is not None
-            bucket.parts.append(found)
+            bucket.took(key, version, found)
         else:
             bucket.saw(row["changed_at"])
     if missing:
@@ -671,8 +694,8 @@ async def _summarize_groups(viewer: Viewer, missing: dict[Key, Stats]) -> None:
         if group is None:
             continue  # emptied and gone since the first read: nothing to add
         points = summarize(values[key])
-        cache.put(key, _version(group), points)
+        version = _version(group)
+        cache.put(key, version, points)
         # The same snapshot as the values: the rollup's count and sum are theirs.
         bucket.add(group["n"], group["total"], group["changed_at"])
-        assert bucket.parts is not None
-        bucket.parts.append(points)
+        bucket.took(key, version, points)
