@@ -38,9 +38,13 @@ QUERIES = {
     "kpi { slug name } } } } } }",
     "q3": "query($id: ID!) { incident(id: $id) { id title kpis { value timestamp "
     "kpi { slug name } } } }",
-    # The README's exec dashboard: summaries go to the standard executor (plans do not cover them).
+    # The README's exec dashboard, and 13-week series (bench/dashboard.py's documents).
     "dashboard": "{ kpis { slug name units summary(severity: P1) { count value "
     "target { comparison threshold } meetsTarget } } }",
+    "series": '{ kpi(slug: "mttr") { series(bucket: WEEK, from: "2026-08-24T00:00:00+00:00", '
+    'to: "2026-11-23T00:00:00+00:00", severity: P1) { start count mean p50 p90 } } }',
+    "series-all": '{ kpis { slug series(bucket: WEEK, from: "2026-08-24T00:00:00+00:00", '
+    'to: "2026-11-23T00:00:00+00:00") { start count mean p50 p90 } } }',
 }
 # The seed page's REST reads: Q1's and Q3's questions asked of the REST mirror.
 REST = {"rest-q1": "/kpis", "rest-q3": "/incidents/{id}/kpis"}

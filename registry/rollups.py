@@ -347,7 +347,7 @@ async def totals(
             f"AND {policy.visible(viewer, 'd.visibility', s)}{_severity(severity, s)}"
         )
 
-    wholes = rollup_rows("r.n, r.total, r.changed_at") + " AND ("
+    wholes = rollup_rows("r.n AS n, r.total AS total, r.changed_at AS changed_at") + " AND ("
     wholes += " OR ".join(
         f"(r.grain = {s.arg(grain.value)} AND {_range('r.start', low, high, s)})"
         for grain, low, high in span.groups
@@ -369,15 +369,19 @@ async def totals(
         if severity is not None:
             raw += f" AND i.severity = {s.arg(severity.value)}"
         parts.append(raw + " GROUP BY o.kpi")
-    found: dict[str, list[Any]] = {}
-    for kpi, count, total, changed_at in await db.fetch(" UNION ALL ".join(parts), s.args):
-        entry = found.setdefault(kpi, [0, 0.0, None])
-        entry[0] += count or 0
-        entry[1] += total or 0.0
-        if changed_at is not None:
-            moment = as_utc(changed_at)
-            entry[2] = moment if entry[2] is None else max(entry[2], moment)
-    return {kpi: Total(count, total, as_of) for kpi, (count, total, as_of) in found.items()}
+    # Added up by the database: one row per KPI, however many months and days the window holds.
+    sql = (
+        "SELECT kpi, sum(n) AS n, sum(total) AS total, max(changed_at) AS changed_at "
+        f"FROM ({' UNION ALL '.join(parts)}) AS u GROUP BY kpi"
+    )
+    return {
+        row["kpi"]: Total(
+            int(row["n"] or 0),
+            float(row["total"] or 0.0),
+            as_utc(row["changed_at"]) if row["changed_at"] is not None else None,
+        )
+        for row in await db.fetch(sql, s.args)
+    }
 
 
 def as_utc(value: Any) -> datetime:
