@@ -386,6 +386,8 @@ async def totals(
 
 def as_utc(value: Any) -> datetime:
     """Return a date-time read from either engine as an aware UTC datetime."""
+    if getattr(value, "tzinfo", None) is UTC:
+        return value  # type: ignore[no-any-return]  # asyncpg's, already
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     if value.tzinfo is None:
