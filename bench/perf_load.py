@@ -461,13 +461,13 @@ class Client(asyncio.Protocol):
         assert self.transport is not None
         loop = asyncio.get_running_loop()
         self.waiter = loop.create_future()
-        self.timer = loop.call_later(timeout, self._expire, self.waiter)
+        self.timer = loop.call_later(timeout, self._expire, self.waiter, timeout)
         self.transport.write(data)
         return self.waiter
 
-    def _expire(self, waiter: asyncio.Future[tuple[int, bytes]]) -> None:
+    def _expire(self, waiter: asyncio.Future[tuple[int, bytes]], timeout: float) -> None:
         if not waiter.done():
-            waiter.set_exception(TimeoutError(f"no answer within {REQUEST_TIMEOUT:.0f} s"))
+            waiter.set_exception(TimeoutError(f"no answer within {timeout:.0f} s"))
 
     def close(self) -> None:
         if self.transport is not None:
