@@ -65,25 +65,65 @@ def _start(engine: str, timestamp: str) -> str:
     )
 
 
+def _two_sum_error(a: str, b: str) -> str:
+    """SQL for what a + b loses to rounding (Knuth's TwoSum): a + b + this is exact."""
+    s = f"({a} + {b})"
+    bb = f"({s} - {a})"
+    return f"(({a} - ({s} - {bb})) + ({b} - {bb}))"
+
+
 def _apply(engine: str, source: str) -> str:
     """SQL adding `source`'s rows (kpi, severity, timestamp, n, v) to the rollups.
 
-    `n` is +1 for a row added and -1 for a row taken away, `v` its value signed alike. Groups are
-    written in key order, so that concurrent writers take their row locks in the same order.
+    `n` is +1 for a row added and -1 for a row taken away, `v` its value signed alike. A group's
+    sum is kept as `total` plus `residue`, what the double `total` could not hold (a double-double
+    sum), so taking a value away leaves no rounding behind: after 1e12 and 0.1 lose the 1e12, the
+    mean is 0.1, not 0.0999755859375. On PostgreSQL groups are written in key order, so that
+    concurrent writers take their row locks in the same order, each group's values added by an
+    error-free aggregate; on SQLite (one writer at a time) each row is applied on its own.
     """
+    reset = "kpi_rollup.n + excluded.n = 0"
+    if engine == "postgres":
+        merged = (
+            "mim_two_sum(kpi_rollup.total, kpi_rollup.residue, excluded.total, excluded.residue)"
+        )
+        return (
+            "INSERT INTO kpi_rollup (kpi, grain, severity, start, n, total, residue, changed_at) "
+            "SELECT a.kpi, a.grain, a.severity, a.start, a.n, a.sums[1], a.sums[2], now() FROM ("
+            f"SELECT s.kpi, g.grain, s.severity, {_start(engine, 's.timestamp')} AS start, "
+            "sum(s.n) AS n, mim_exact_sum(s.v) AS sums "
+            f"FROM ({source}) AS s CROSS JOIN {_GRAINS[engine]} GROUP BY 1, 2, 3, 4) AS a "
+            "ORDER BY 1, 2, 3, 4 "
+            "ON CONFLICT (kpi, grain, severity, start) DO UPDATE SET "
+            "n = kpi_rollup.n + excluded.n, "
+            f"total = CASE WHEN {reset} THEN 0 ELSE ({merged})[1] END, "
+            f"residue = CASE WHEN {reset} THEN 0 ELSE ({merged})[2] END, "
+            "stamp = kpi_rollup.stamp + 1, changed_at = excluded.changed_at"
+        )
+    lost = _two_sum_error("kpi_rollup.total", "excluded.total")
     return (
-        "INSERT INTO kpi_rollup (kpi, grain, severity, start, n, total, changed_at) "
-        f"SELECT s.kpi, g.grain, s.severity, {_start(engine, 's.timestamp')}, "
-        f"sum(s.n), sum(s.v), {_NOW[engine]} "
-        f"FROM ({source}) AS s CROSS JOIN {_GRAINS[engine]} WHERE true "
-        "GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 "
+        "INSERT INTO kpi_rollup (kpi, grain, severity, start, n, total, residue, changed_at) "
+        f"SELECT s.kpi, g.grain, s.severity, {_start(engine, 's.timestamp')}, s.n, s.v, 0, "
+        f"{_NOW[engine]} FROM ({source}) AS s CROSS JOIN {_GRAINS[engine]} WHERE true "
         "ON CONFLICT (kpi, grain, severity, start) DO UPDATE SET "
         "n = kpi_rollup.n + excluded.n, "
-        # No drift is left behind when a group empties.
-        "total = CASE WHEN kpi_rollup.n + excluded.n = 0 THEN 0 "
-        "ELSE kpi_rollup.total + excluded.total END, "
+        f"total = CASE WHEN {reset} THEN 0 ELSE kpi_rollup.total + excluded.total END, "
+        f"residue = CASE WHEN {reset} THEN 0 ELSE kpi_rollup.residue + {lost} END, "
         "stamp = kpi_rollup.stamp + 1, changed_at = excluded.changed_at"
     )
+
+
+# PostgreSQL's error-free additions (SQLite's triggers write them out).
+FUNCTIONS = [
+    "CREATE FUNCTION mim_exact_step(sums float8[], v float8) RETURNS float8[] "
+    "LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$ "
+    f"SELECT ARRAY[sums[1] + v, sums[2] + {_two_sum_error('sums[1]', 'v')}] $$",
+    "CREATE AGGREGATE mim_exact_sum(float8) "
+    "(SFUNC = mim_exact_step, STYPE = float8[], INITCOND = '{0,0}')",
+    "CREATE FUNCTION mim_two_sum(a float8, a_residue float8, b float8, b_residue float8) "
+    "RETURNS float8[] LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$ "
+    f"SELECT ARRAY[a + b, a_residue + b_residue + {_two_sum_error('a', 'b')}] $$",
+]
 
 
 def _signed(rows: str, sign: int, severity: str | None = None) -> str:
@@ -98,13 +138,15 @@ TABLE = {
         "CREATE TABLE kpi_rollup (id bigserial PRIMARY KEY, kpi varchar(64) NOT NULL, "
         "grain varchar(1) NOT NULL, severity varchar(2) NOT NULL, start timestamptz NOT NULL, "
         "n bigint NOT NULL DEFAULT 0, total double precision NOT NULL DEFAULT 0, "
-        "stamp bigint NOT NULL DEFAULT 1, changed_at timestamptz NOT NULL)"
+        "residue double precision NOT NULL DEFAULT 0, stamp bigint NOT NULL DEFAULT 1, "
+        "changed_at timestamptz NOT NULL)"
     ),
     "sqlite": (
         "CREATE TABLE kpi_rollup (id INTEGER PRIMARY KEY, kpi VARCHAR(64) NOT NULL, "
         "grain VARCHAR(1) NOT NULL, severity VARCHAR(2) NOT NULL, start TIMESTAMPTZ NOT NULL, "
         "n INTEGER NOT NULL DEFAULT 0, total DOUBLE PRECISION NOT NULL DEFAULT 0, "
-        "stamp INTEGER NOT NULL DEFAULT 1, changed_at TIMESTAMPTZ NOT NULL)"
+        "residue DOUBLE PRECISION NOT NULL DEFAULT 0, stamp INTEGER NOT NULL DEFAULT 1, "
+        "changed_at TIMESTAMPTZ NOT NULL)"
     ),
 }
 INDEX = "CREATE UNIQUE INDEX kpi_rollup_key ON kpi_rollup (kpi, grain, severity, start)"
@@ -132,6 +174,7 @@ def triggers(engine: str) -> list[str]:
             for name, body in bodies.items()
         ]
         return [
+            *FUNCTIONS,
             *statements,
             "CREATE FUNCTION incident_forget_observations() RETURNS trigger LANGUAGE plpgsql "
             "AS $$ BEGIN DELETE FROM kpi_observation WHERE incident = OLD.id; RETURN OLD; END $$",
@@ -167,7 +210,7 @@ def triggers(engine: str) -> list[str]:
         f"CREATE TRIGGER kpi_rollup_delete AFTER DELETE ON kpi_observation "
         f"BEGIN {_apply(engine, removed)}; END",
         "CREATE TRIGGER kpi_rollup_update AFTER UPDATE OF kpi, incident, timestamp, value "
-        f"ON kpi_observation BEGIN {_apply(engine, f'{removed} UNION ALL {added}')}; END",
+        f"ON kpi_observation BEGIN {_apply(engine, removed)}; {_apply(engine, added)}; END",
         "CREATE TRIGGER kpi_rollup_severity AFTER UPDATE OF severity ON incident "
         "WHEN OLD.severity IS NOT NEW.severity "
         f"BEGIN {_apply(engine, moved.format(pair=pair))}; END",
@@ -186,6 +229,8 @@ DROP = {
         "DROP TRIGGER IF EXISTS incident_forget_observations ON incident",
         "DROP FUNCTION IF EXISTS kpi_rollup_added, kpi_rollup_removed, kpi_rollup_updated, "
         "kpi_rollup_severity, incident_forget_observations",
+        "DROP AGGREGATE IF EXISTS mim_exact_sum(float8)",
+        "DROP FUNCTION IF EXISTS mim_exact_step, mim_two_sum",
     ],
     "sqlite": [
         "DROP TABLE IF EXISTS kpi_rollup",
@@ -219,7 +264,8 @@ def rebuilding(slugs: Sequence[str] | None = None) -> list[QueryString]:
     engine = engine_name()
     clear_args: list[Any] = []
     clear = (
-        f"UPDATE kpi_rollup SET n = 0, total = 0, stamp = stamp + 1, changed_at = {_NOW[engine]}"
+        "UPDATE kpi_rollup SET n = 0, total = 0, residue = 0, stamp = stamp + 1, "
+        f"changed_at = {_NOW[engine]}"
     )
     add_args: list[Any] = []
     source = _signed("kpi_observation AS o", 1)
@@ -347,14 +393,17 @@ async def totals(
             f"AND {policy.visible(viewer, 'd.visibility', s)}{_severity(severity, s)}"
         )
 
-    wholes = rollup_rows("r.n AS n, r.total AS total, r.changed_at AS changed_at") + " AND ("
+    wholes = (
+        rollup_rows("r.n AS n, r.total AS total, r.residue AS residue, r.changed_at AS changed_at")
+        + " AND ("
+    )
     wholes += " OR ".join(
         f"(r.grain = {s.arg(grain.value)} AND {_range('r.start', low, high, s)})"
         for grain, low, high in span.groups
     )
     parts = [wholes + ("false)" if not span.groups else ")")]
     if span.days:
-        edges = rollup_rows("0, 0, r.changed_at") + " AND r.grain = 'D' AND ("
+        edges = rollup_rows("0, 0, 0, r.changed_at") + " AND r.grain = 'D' AND ("
         edges += " OR ".join(f"({_range('r.start', lo, hi, s)})" for lo, hi in span.days)
         parts.append(edges + ")")
     if span.raw:
@@ -362,7 +411,7 @@ async def totals(
         if severity is not None:
             join += " JOIN incident AS i ON i.id = o.incident"
         raw = (
-            f"SELECT o.kpi, count(*), sum(o.value), NULL FROM kpi_observation AS o {join} "
+            f"SELECT o.kpi, count(*), sum(o.value), 0, NULL FROM kpi_observation AS o {join} "
             f"WHERE o.kpi {s.one_of(kpis)} AND {policy.visible(viewer, 'd.visibility', s)} AND ("
         )
         raw += " OR ".join(f"({_range('o.timestamp', lo, hi, s)})" for lo, hi in span.raw) + ")"
@@ -371,13 +420,14 @@ async def totals(
         parts.append(raw + " GROUP BY o.kpi")
     # Added up by the database: one row per KPI, however many months and days the window holds.
     sql = (
-        "SELECT kpi, sum(n) AS n, sum(total) AS total, max(changed_at) AS changed_at "
+        "SELECT kpi, sum(n) AS n, sum(total) AS total, sum(residue) AS residue, "
+        "max(changed_at) AS changed_at "
         f"FROM ({' UNION ALL '.join(parts)}) AS u GROUP BY kpi"
     )
     return {
         row["kpi"]: Total(
             int(row["n"] or 0),
-            float(row["total"] or 0.0),
+            float(row["total"] or 0.0) + float(row["residue"] or 0.0),
             as_utc(row["changed_at"]) if row["changed_at"] is not None else None,
         )
         for row in await db.fetch(sql, s.args)
@@ -535,7 +585,8 @@ class Stats:
 
 # A rollup row as `buckets` reads it; raw rows come in the same shape (see _raw_values).
 _GROUP_COLUMNS = (
-    "r.kpi, r.grain, r.severity, r.start, r.n, r.total, r.stamp, r.changed_at, r.id, "
+    "r.kpi, r.grain, r.severity, r.start, r.n, r.total + r.residue AS total, r.stamp, "
+    "r.changed_at, r.id, "
     "CAST(NULL AS double precision) AS value"
 )
 

@@ -9,6 +9,7 @@ rebuilds them.
 
 from __future__ import annotations
 
+import importlib
 import math
 import random
 import statistics
@@ -80,14 +81,19 @@ async def assert_rollups_exact() -> None:
             start = floor_bucket(row["timestamp"], bucket)
             want[(row["kpi"], grain, row["severity"], start)].append(row["value"])
     got = {
-        (r["kpi"], r["grain"], r["severity"], rollups.as_utc(r["start"])): (r["n"], r["total"])
+        (r["kpi"], r["grain"], r["severity"], rollups.as_utc(r["start"])): (
+            r["n"],
+            r["total"] + r["residue"],
+        )
         for r in await db.fetch("SELECT * FROM kpi_rollup", [])
     }
     for key, values in want.items():
         assert key in got, f"no rollup row for {key}"
         count, total = got[key]
         assert count == len(values), key
-        assert total == pytest.approx(math.fsum(values), rel=1e-9, abs=1e-6), key
+        # Exact: the double-double sum rounds to the correctly rounded sum, whatever was added
+        # and taken away before.
+        assert total == math.fsum(values), key
     for key, (count, total) in got.items():
         if key not in want:
             assert (count, total) == (0, 0), f"{key} holds {count} observations, the rows none"
@@ -142,7 +148,9 @@ def observation(rng: random.Random, keys: list[str]) -> dict[str, Any]:
         "kpiSlug": rng.choice(PROBES),
         "incidentId": rng.choice(keys),
         "timestamp": at.isoformat(),
-        "value": rng.choice((rng.uniform(-500, 500), float(rng.randrange(0, 5)), 0.1)),
+        "value": rng.choice(
+            (rng.uniform(-500, 500), float(rng.randrange(0, 5)), 0.1, rng.uniform(-1e12, 1e12))
+        ),
         "source": "import",
     }
 
@@ -471,3 +479,30 @@ async def test_a_window_refused_by_every_kpi_of_a_list_is_reported_for_the_first
         body = await gql(client, query, persona="exec")
         assert body["data"] is None
         assert [e["path"] for e in body["errors"]] == [["kpis", 0, "summary"]], body
+
+
+async def test_the_exact_sums_migration_upgrades_rollups_made_before_it(client: Any) -> None:
+    keys = await setup(client)
+    rng = random.Random(run_seed("ROLLUP_SEED"))
+    inputs = {
+        i["timestamp"] + i["incidentId"]: i for i in (observation(rng, keys) for _ in range(60))
+    }
+    await ok(client, RECORD, {"inputs": list(inputs.values())}, persona="ingest")
+    engine = rollups.engine_name()
+    # The shape the rollups had before: no residue column, sums holding drift.
+    for statement in rollups.DROP[engine]:
+        if not statement.startswith("DROP TABLE"):
+            await db.engine().run_ddl(statement)
+    await db.engine().run_ddl("ALTER TABLE kpi_rollup DROP COLUMN residue")
+    await db.engine().run_ddl("UPDATE kpi_rollup SET total = total + 0.001")
+    module = importlib.import_module("migrations.mim_2026_12_03t14_30_00_000000")
+    manager = await module.forwards()
+    for step in manager.raw:
+        await step()
+    await assert_rollups_exact()
+    # And the triggers it made keep them exact.
+    more = {
+        i["timestamp"] + i["incidentId"]: i for i in (observation(rng, keys) for _ in range(30))
+    }
+    await ok(client, RECORD, {"inputs": list(more.values())}, persona="ingest")
+    await assert_rollups_exact()
