@@ -74,7 +74,17 @@ HOST = "127.0.0.1"
 SERVER_ENV = {"MIM_JWT_SECRET": SECRET, "MIM_GRAPHIQL": "0"}
 INCIDENTS = 100_000
 QUERIES = {"q1": perf_baseline.Q1, "q2": perf_baseline.Q2, "q3": perf_baseline.Q3}
-TARGETS = ("service", "baseline", "baseline-json")
+TARGETS = ("service", "baseline", "baseline-json", "service-nometrics", "service-traced")
+DEFAULT_TARGETS = TARGETS[:3]
+# The service with its observability changed, to measure what it costs (docs/operations.md):
+# without metrics, and with traces exported to a port where nothing listens.
+KIND_ENV = {
+    "service-nometrics": {"MIM_METRICS": "0"},
+    "service-traced": {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:9/v1/traces",
+    },
+}
 # The goal: PostGraphile 5's ratios to the same kind of baseline, and its p99s (ms).
 GOAL_RATIO = {"q1": 0.45, "q2": 0.51, "q3": 0.46}
 GOAL_P99_MS = {"q1": 19.5, "q2": 43.2, "q3": 15.7}
@@ -244,7 +254,7 @@ class Target:
 
     def command(self) -> list[str]:
         port = ["--port", str(self.port)]
-        if self.kind == "service":
+        if self.kind.startswith("service"):
             workers = ["--workers", str(self.workers)] if self.workers > 1 else []
             return [str(ROOT / ".venv/bin/mim"), "serve", "--host", HOST, *port, *workers]
         json_in_postgres = ["--json-in-postgres"] if self.kind == "baseline-json" else []
@@ -288,7 +298,7 @@ def _die_with_parent() -> None:
 
 
 def start_target(target: Target, db_url: str) -> None:
-    env = {**os.environ, **SERVER_ENV, "DATABASE_URL": db_url}
+    env = {**os.environ, **SERVER_ENV, **KIND_ENV.get(target.kind, {}), "DATABASE_URL": db_url}
     with target.log.open("wb") as log:
         # Its own session: a Ctrl-C here reaches it only as our SIGTERM, after the load stops.
         target.proc = subprocess.Popen(
@@ -397,7 +407,7 @@ async def prepare(targets: list[Target], headers: dict[str, str]) -> tuple[list[
                 targets.remove(t)
             elif isinstance(outcome, BaseException):
                 raise outcome
-        if not any(t.kind == "service" for t in targets) and skipped:
+        if not any(t.kind.startswith("service") for t in targets) and skipped:
             raise SystemExit("no service target left to measure")
         got = {t.name: await answers(session, t, headers) for t in targets}
     reference = targets[0].name
@@ -991,7 +1001,7 @@ def summarise(results: list[Result]) -> list[dict[str, Any]]:
         services = [r for r in results if r.query == query and r.target.startswith("service")]
         one = next((r for r in services if r.workers == 1), None)
         for s in services or [None]:
-            row: dict[str, Any] = {"query": query}
+            row: dict[str, Any] = {"query": query, "target": s.target if s else None}
             for label, r in (("service", s), ("baseline", base), ("baseline-json", json_base)):
                 row[label] = r.figures() if r else None
             if s is None:
@@ -1046,6 +1056,8 @@ def print_summary(header: dict[str, Any], rows: list[dict[str, Any]], skipped: l
     for row in rows:
         workers = row.get("workers", 1)
         label = row["query"] + ("" if workers == 1 else f" w{workers}")
+        if row.get("target", "service") in KIND_ENV:
+            label += " " + row["target"].removeprefix("service-")[:5]
         if row["service"] is None:
             print(f"{label:9}{cells(None)}|{cells(row['baseline'])}|{cells(row['baseline-json'])}|")
             continue
@@ -1072,6 +1084,18 @@ def print_summary(header: dict[str, Any], rows: list[dict[str, Any]], skipped: l
             f"1 worker {one['service']['rps']:.1f}: x{r['gain_over_1_worker']:.2f}; server CPU "
             f"{r['service']['server_cpu']:.2f} vs {one['service']['server_cpu']:.2f} cores"
         )
+    by_target = {(r["query"], r.get("target")): r for r in rows if r["service"] is not None}
+    for query in dict.fromkeys(r["query"] for r in rows):
+        plain = by_target.get((query, "service-nometrics"))
+        if plain is None:
+            continue
+        names = ("service", "service-nometrics", "service-traced")
+        rps = {n: by_target[(query, n)]["service"]["rps"] for n in names if (query, n) in by_target}
+        on_off = rps["service"] / rps["service-nometrics"]
+        line = f"observability {query}: metrics on/off {on_off:.3f}"
+        if "service-traced" in rps:
+            line += f", traced/untraced {rps['service-traced'] / rps['service']:.3f}"
+        print(line)
     for note in skipped:
         print(f"not measured: {note}")
 
@@ -1088,7 +1112,11 @@ def parse_args() -> argparse.Namespace:
     add("--duration", type=float, default=10.0, metavar="S", help="measured seconds per cell")
     add("--warmup", type=float, default=2.0, metavar="S", help="unmeasured seconds per cell")
     add("--base-port", type=int, default=8190, help="service; +1 baseline, +2 baseline-json, +3..")
-    add("--targets", default=",".join(TARGETS), help="servers to measure")
+    add(
+        "--targets",
+        default=",".join(DEFAULT_TARGETS),
+        help=f"servers to measure, of {','.join(TARGETS)}",
+    )
     add("--queries", default="q1,q2,q3")
     add("--workers", default="1", help="service worker counts: 2, or 1,2 to compare (1: no flag)")
     add("--json-out", type=Path, metavar="FILE", help="also write the figures to FILE as JSON")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -162,6 +163,49 @@ async def _open(statement_timeout_seconds: float) -> None:
             server_settings={"statement_timeout": str(int(statement_timeout_seconds * 1000))},
             reset=keep_session,
         )
+        if db.pool is not None:
+            _time_waits(db.pool)
+
+
+# Told how long each wait for a pool connection lasted (one that found none free); see watch_pool.
+_pool_waits: list[Callable[[float], None]] = []
+
+
+def watch_pool(callback: Callable[[float], None]) -> Callable[[], None]:
+    """Call `callback(seconds)` after every wait for a pool connection; return how to stop."""
+    _pool_waits.append(callback)
+    return lambda: _pool_waits.remove(callback)
+
+
+def pool_usage() -> tuple[int, int, int]:
+    """Return the pool's open connections, its maximum and those lent out (SQLite: no pool)."""
+    db = engine()
+    pool = db.pool if isinstance(db, PostgresEngine) else None
+    if pool is None:
+        return 0, 0, 0
+    size = pool.get_size()
+    return size, pool.get_max_size(), size - pool.get_idle_size()
+
+
+def _time_waits(pool: asyncpg.Pool) -> None:
+    """Time the acquisitions that wait: the pool's queue of connection holders gets a `get` that
+    notices an empty queue (every connection lent out); Piccolo's acquisitions and ours alike."""
+    queue = pool._queue
+    base = type(queue)
+
+    class TimedQueue(base):  # type: ignore[valid-type, misc]
+        async def get(self) -> Any:
+            if not self.empty() or not _pool_waits:
+                return await super().get()
+            started = time.perf_counter()
+            try:
+                return await super().get()
+            finally:
+                waited = time.perf_counter() - started
+                for callback in _pool_waits:
+                    callback(waited)
+
+    queue.__class__ = TimedQueue
 
 
 async def keep_session(connection: asyncpg.Connection) -> None:

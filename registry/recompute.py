@@ -92,6 +92,29 @@ async def jobs_by_slug(*, viewer: Viewer, slugs: Sequence[str]) -> dict[str, Rec
     return {row["kpi"]: _job(row) for row in rows}
 
 
+async def progress() -> list[dict[str, Any]]:
+    """Return, per job state, how many jobs, incidents scanned and to scan, and the oldest's age.
+
+    Every KPI's jobs together: the figures name no KPI.
+    """
+    rows = await db.fetch(
+        "SELECT state, count(*) AS jobs, coalesce(sum(done), 0) AS done, "
+        "coalesce(sum(total), 0) AS total, min(queued_at) AS oldest "
+        "FROM kpi_recompute GROUP BY state",
+        (),
+    )
+    now = datetime.now(UTC)
+    found = []
+    for row in rows:
+        oldest = row["oldest"]
+        if isinstance(oldest, str):  # SQLite keeps timestamps as text
+            oldest = datetime.fromisoformat(oldest)
+        age = (now - oldest).total_seconds() if oldest is not None else None
+        found.append({"state": row["state"], "jobs": int(row["jobs"]), "done": int(row["done"]),
+                      "total": int(row["total"]), "age": age})  # fmt: skip
+    return found
+
+
 async def claimable() -> list[str]:
     """Return the KPIs whose jobs wait for a runner: queued, or running under a lapsed lease."""
     rows = await _run(

@@ -4,6 +4,7 @@ variable (variables are checked before they are coerced, so an oversized list co
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from functools import lru_cache
@@ -75,6 +76,25 @@ def estimate(
         d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
     }
     return _cost(operation.selection_set, fragments, 1, set(), variables or {})
+
+
+# How each limit words its refusal (ours, Strawberry's depth and alias limiters, graphql-core's
+# token limit), for counting refusals by limit.
+_REFUSALS = (
+    ("depth", re.compile(r"exceeds maximum operation depth of \d+$")),
+    ("aliases", re.compile(r"^\d+ aliases found\. Allowed: \d+$")),
+    ("tokens", re.compile(r"Document contains more than \d+ tokens\.")),
+    ("cost", re.compile(r"^Query is too expensive: ")),
+    ("list_size", re.compile(r"^The argument \S+ holds \d+ items; at most \d+ are accepted\.$")),
+)
+
+
+def refused_by(message: str) -> str | None:
+    """Return which limit an error message reports (depth, aliases, ...), or None."""
+    for limit, pattern in _REFUSALS:
+        if pattern.search(message):
+            return limit
+    return None
 
 
 def request_refusal(query: str, operation_name: str | None, variables: Any) -> str | None:

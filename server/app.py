@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import lru_cache, partial
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import orjson
@@ -24,12 +27,24 @@ from schema import MAX_TOKENS, build_schema, schema
 from schema.context import Context
 from schema.errors import INTERNAL_MESSAGE, TIMEOUT_MESSAGE, UNAVAILABLE_MESSAGE, coded_errors
 from schema.fast_path import FastPath
-from schema.limits import request_refusal
-from server import health, rest, revalidation
+from schema.limits import refused_by, request_refusal
+from server import health, observe, rest, revalidation
 from server.auth import TokenVerifier
 from server.config import Settings
 from server.http import VIEWER, error_response
 from server.jobs import RecomputeRunner
+from server.metrics import (
+    Clock,
+    Metrics,
+    code_label,
+    exposition_response,
+    may_scrape,
+    operation_label,
+    type_label,
+)
+from server.observe import METRICS, TRACING, fields, operation_of
+from server.tracing import Tracing
+from server.tracing import from_env as tracing_from_env
 
 log = logging.getLogger("mim.http")
 
@@ -37,6 +52,8 @@ SETTINGS = web.AppKey("settings", Settings)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
 FAST_PATH = web.AppKey("fast_path", FastPath)
 RUNNER = web.AppKey("recompute_runner", RecomputeRunner)
+OWNS_TRACING = web.AppKey("owns_tracing", bool)
+OPERATION = web.RequestKey("operation", dict)
 
 UNAUTHENTICATED_BODY = json.dumps(
     {
@@ -49,6 +66,7 @@ UNAUTHENTICATED_BODY = json.dumps(
     }
 )
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+METRICS_PATH = "/metrics"
 MAX_HEADER_BYTES = 32 * 1024
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -99,8 +117,17 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     """Refuse every request without a valid token before any handler runs."""
     if request.path in PUBLIC_PATHS or _is_ide_page(request):
         return await handler(request)
+    settings = request.app[SETTINGS]
+    if (
+        request.path == METRICS_PATH
+        and settings.metrics
+        and may_scrape(request, settings.metrics_token)
+    ):
+        return await handler(request)  # the metrics token is not a token of a viewer
     try:
-        request[VIEWER] = await request.app[VERIFIER].viewer(request.headers.get("Authorization"))
+        request[VIEWER] = viewer = await request.app[VERIFIER].viewer(
+            request.headers.get("Authorization")
+        )
     except Unauthenticated:
         return web.Response(
             status=401,
@@ -108,6 +135,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
             content_type="application/json",
             headers={"WWW-Authenticate": 'Bearer realm="mim"'},
         )
+    fields(request)["sub"] = viewer.subject
     return await handler(request)
 
 
@@ -129,6 +157,7 @@ async def mask_faults(request: web.Request, handler: Handler) -> web.StreamRespo
         async with asyncio.timeout(request.app[SETTINGS].request_timeout_seconds):
             response = await handler(request)
     except web.HTTPRequestEntityTooLarge:
+        _refused(request, "body_size")
         return error_response(413, "BAD_USER_INPUT", "The request body is larger than 1 MiB.")
     except web.HTTPException as refusal:
         if refusal.status < 400:
@@ -136,6 +165,7 @@ async def mask_faults(request: web.Request, handler: Handler) -> web.StreamRespo
         return _coded_refusal(refusal.status, refusal.reason)
     except TimeoutError:
         log.warning("request ran past its time limit: %s %s", request.method, request.path)
+        _refused(request, "timeout")
         return error_response(503, "TIMEOUT", TIMEOUT_MESSAGE)
     except asyncio.CancelledError:
         task = asyncio.current_task()
@@ -147,6 +177,7 @@ async def mask_faults(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(500, "INTERNAL", INTERNAL_MESSAGE)
     except Exception as error:
         if db.is_timeout(error):
+            _refused(request, "timeout")
             return error_response(503, "TIMEOUT", TIMEOUT_MESSAGE)
         if db.is_transient(error):
             log.warning("database unavailable: %s", type(error).__name__)
@@ -162,6 +193,12 @@ async def mask_faults(request: web.Request, handler: Handler) -> web.StreamRespo
     return response
 
 
+def _refused(request: web.Request, limit: str) -> None:
+    metrics = request.app.get(METRICS)
+    if metrics is not None:
+        metrics.refusal(limit)
+
+
 def _coded_refusal(status: int, message: str | None) -> web.Response:
     code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(status, "BAD_USER_INPUT")
     return error_response(status, code, message or "Bad request.")
@@ -174,21 +211,77 @@ class MimGraphQLView(GraphQLView[Context, None]):
         self.fast_path = fast_path
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
-        body: dict[str, Any] | None = None
+        clock = Clock()
+        body, refusal = await self._read(request)
+        query = body.get("query") if body is not None else None
+        sent_name = body.get("operationName") if body is not None else None
+        kind, name = (
+            operation_of(query, sent_name if isinstance(sent_name, str) else None)
+            if isinstance(query, str)
+            else (None, None)
+        )
+        # What the logs, metrics and span say of this operation: path and code are filled in
+        # by whoever answers.
+        operation: dict[str, Any] = {"path": "executor", "code": None}
+        request[OPERATION] = operation
+        log_fields = fields(request)
+        log_fields["operation_type"] = kind
+        log_fields["operation_name"] = name[:128] if name is not None else None
+        tracing = request.app.get(TRACING)
+        with (
+            tracing.operation(kind, name, query if isinstance(query, str) else None)
+            if tracing is not None and body is not None
+            else contextlib.nullcontext()
+        ) as span:
+            response: web.StreamResponse
+            if refusal is not None:
+                operation.update(path="refused", code="BAD_USER_INPUT")
+                response = refusal
+            else:
+                response = await self._answer(request, body, operation)
+            if response.status >= 400 and operation["code"] is None:
+                operation["code"] = "BAD_USER_INPUT"
+            if span is not None:
+                span.set_attribute("mim.graphql.path", operation["path"])
+                if operation["code"] is not None:
+                    span.set_attribute("mim.graphql.error_code", operation["code"])
+        log_fields["path"], log_fields["error_code"] = operation["path"], operation["code"]
+        metrics = request.app.get(METRICS)
+        if metrics is not None and (body is not None or refusal is not None):
+            labels = {
+                "type": type_label(kind),
+                "operation": operation_label(name),
+                "path": operation["path"],
+            }
+            metrics.operations.labels(**labels, code=code_label(operation["code"])).inc()
+            metrics.operation_duration.labels(**labels).observe(clock.seconds())
+        return response
+
+    async def _read(
+        self, request: web.Request
+    ) -> tuple[dict[str, Any] | None, web.Response | None]:
+        """Return the GraphQL request a request carries, or the refusal of one that cannot be."""
         if request.method == "POST":
             # aiohttp parses the media type: `application/jsonx` or `application/json-patch+json`
             # is not JSON, whatever it contains.
             if request.content_type != "application/json":
-                return error_response(
+                return None, error_response(
                     415, "BAD_USER_INPUT", "Send the request body as application/json."
                 )
             body, refusal = read_body(await request.read())
             if refusal is not None:
-                return error_response(400, "BAD_USER_INPUT", refusal)
-        elif request.method == "GET":
-            body = read_query_string(request.query)
-            if body is not None and (refusal := operation_refusal(body)) is not None:
-                return error_response(400, "BAD_USER_INPUT", refusal)
+                return None, error_response(400, "BAD_USER_INPUT", refusal)
+            return body, None
+        if request.method == "GET":
+            found = read_query_string(request.query)
+            if found is not None and (refusal := operation_refusal(found)) is not None:
+                return None, error_response(400, "BAD_USER_INPUT", refusal)
+            return found, None
+        return None, None
+
+    async def _answer(
+        self, request: web.Request, body: dict[str, Any] | None, operation: dict[str, Any]
+    ) -> web.StreamResponse:
         viewer = request.get(VIEWER)
         if request.method == "GET" and body is not None and viewer is not None:
             query, name = body.get("query"), body.get("operationName")
@@ -199,10 +292,12 @@ class MimGraphQLView(GraphQLView[Context, None]):
             ):
                 clock = "reviewOverdue" in query
                 if (same := await revalidation.check(request, viewer, clock=clock)) is not None:
+                    operation["path"] = "not_modified"
                     return same
         if body is not None and self.fast_path is not None:
             answer = await self.fast_path.respond(body, request.get(VIEWER, ANONYMOUS))
             if answer is not None:
+                operation["path"] = "plan"
                 return web.Response(body=answer, content_type="application/json", charset="utf-8")
         return await super().__call__(request)
 
@@ -216,7 +311,15 @@ class MimGraphQLView(GraphQLView[Context, None]):
 
     async def process_result(self, request: web.Request, result: ExecutionResult) -> Any:
         if result.errors:
+            limits = {refused_by(error.message) for error in result.errors}
             result.errors = coded_errors(result.errors, suggestions=self.suggestions)
+            operation = request.get(OPERATION)
+            if operation is not None:
+                operation["code"] = (result.errors[0].extensions or {}).get("code")
+            metrics = request.app.get(METRICS)
+            if metrics is not None:
+                for limit in limits - {None}:
+                    metrics.refusal(limit)
         return process_result(result)
 
     async def get_context(self, request: web.Request, response: Any) -> Context:
@@ -290,8 +393,28 @@ def _operation_count(query: str) -> int:
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
     await db.open_engine(statement_timeout_seconds=app[SETTINGS].statement_timeout_seconds)
+    metrics = app.get(METRICS)
+    unwatch = db.watch_pool(metrics.pool_wait.observe) if metrics is not None else None
     yield
+    if unwatch is not None:
+        unwatch()
     await db.close_engine()
+
+
+async def _traces(app: web.Application) -> AsyncIterator[None]:
+    tracing = app[TRACING]
+    tracing.instrument_database()
+    yield
+    tracing.uninstrument_database()
+    if app[OWNS_TRACING]:
+        tracing.shutdown()
+
+
+async def serve_metrics(request: web.Request) -> web.Response:
+    """Answer a scrape: only for the metrics token or an admin; anyone else meets a 404."""
+    if not may_scrape(request, request.app[SETTINGS].metrics_token):
+        raise web.HTTPNotFound()
+    return exposition_response(await request.app[METRICS].exposition())
 
 
 async def _recomputes(app: web.Application) -> AsyncIterator[None]:
@@ -300,10 +423,23 @@ async def _recomputes(app: web.Application) -> AsyncIterator[None]:
     await app[RUNNER].stop()
 
 
-def create_app(settings: Settings) -> web.Application:
-    """Return the service's application for these settings."""
+def create_app(settings: Settings, *, tracing: Tracing | None = None) -> web.Application:
+    """Return the service's application for these settings (traced by `tracing` if given)."""
+    owns_tracing = tracing is None and settings.tracing
+    if owns_tracing:
+        tracing = tracing_from_env(os.environ)
+    middlewares = [
+        observe.observe,
+        refuse_upgrades,
+        mask_faults,
+        refuse_encoded_bodies,
+        authenticate,
+        revalidate,
+    ]
+    if tracing is not None:
+        middlewares.insert(0, tracing.middleware)  # the request's span holds everything else
     app = web.Application(
-        middlewares=[refuse_upgrades, mask_faults, refuse_encoded_bodies, authenticate, revalidate],
+        middlewares=middlewares,
         # Room for long tokens, so that an oversized one meets the 401 and not a parser error.
         # Bodies are never decompressed by the parser (refuse_encoded_bodies refuses them), so a
         # bad or unsupported encoding cannot fail below the middlewares.
@@ -312,11 +448,22 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[VERIFIER] = TokenVerifier(settings)
-    app[RUNNER] = RecomputeRunner(poll_seconds=settings.recompute_poll_seconds)
+    metrics = None
+    if settings.metrics:
+        app[METRICS] = metrics = Metrics(version=_version(), engine=_engine(settings))
+    app[RUNNER] = RecomputeRunner(
+        poll_seconds=settings.recompute_poll_seconds,
+        on_finish=metrics.recompute_finished if metrics is not None else None,
+    )
+    if tracing is not None:
+        app[TRACING] = tracing
+        app[OWNS_TRACING] = owns_tracing
+        app.cleanup_ctx.append(_traces)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_recomputes)
     app.on_response_prepare.append(_without_server_header)
     app.on_response_prepare.append(_no_store)
+    app.on_response_prepare.append(observe.echo_request_id)
     served_schema = schema if settings.introspection else build_schema(introspection=False)
     app[revalidation.REVALIDATOR] = revalidation.Revalidator(served_schema.as_str())
     fast_path = FastPath(served_schema) if settings.fast_path else None
@@ -333,5 +480,18 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_route("POST", "/graphql", view)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
+    if metrics is not None:
+        app.router.add_get(METRICS_PATH, serve_metrics)
     rest.add_routes(app)
     return app
+
+
+def _version() -> str:
+    try:
+        return version("mim-kpi")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _engine(settings: Settings) -> str:
+    return "sqlite" if settings.database_url.startswith("sqlite") else "postgresql"

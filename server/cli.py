@@ -69,9 +69,8 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
     from aiohttp import web
 
     from server.app import create_app
-    from server.workers import ACCESS_LOG_FORMAT
 
-    logs.configure("%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(settings.log_format)
     try:
         app = create_app(settings)
     except ConfigError as error:
@@ -80,7 +79,7 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
         app,
         host=host or settings.host,
         port=port or settings.port,
-        access_log_format=ACCESS_LOG_FORMAT,
+        access_log_class=logs.AccessLogger,
     )
 
 
@@ -90,7 +89,7 @@ def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> No
 
     if port == 0:
         raise click.UsageError("--workers needs a fixed port: each worker would pick its own")
-    logs.configure(pool.log_format("supervisor"))
+    logs.configure(settings.log_format, who="supervisor")
     try:
         TokenVerifier(settings)  # a key set-up the service refuses is refused once, here
         pool.check_address(host, port)

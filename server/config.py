@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from server import logs, tracing
+
 DEFAULT_DATABASE_URL = "sqlite:///mim.sqlite3"
 DEFAULT_SECRET_FILE = ".mim-jwt-secret"
 MIN_HMAC_SECRET_BYTES = 32
@@ -45,6 +47,11 @@ class Settings:
     # worker looks for jobs another worker queued or left behind (0: only at start and its own).
     recompute_wait_seconds: float = 2.0
     recompute_poll_seconds: float = 5.0
+    # Observability: /metrics (for this bearer or an admin token), log lines, OpenTelemetry.
+    metrics: bool = True
+    metrics_token: str | None = None
+    log_format: str = "text"
+    tracing: bool = False
 
     @property
     def recompute_wait(self) -> float:
@@ -85,7 +92,25 @@ class Settings:
             statement_timeout_seconds=_seconds(env, "MIM_STATEMENT_TIMEOUT", 10.0),
             recompute_wait_seconds=_seconds(env, "MIM_RECOMPUTE_WAIT", 2.0, zero=True),
             recompute_poll_seconds=_seconds(env, "MIM_RECOMPUTE_POLL", 5.0, zero=True),
+            metrics=_flag(env, "MIM_METRICS", True),
+            metrics_token=_metrics_token(env.get("MIM_METRICS_TOKEN") or None),
+            log_format=_log_format(env.get("MIM_LOG_FORMAT") or None),
+            tracing=tracing.wanted(env),
         )
+
+
+def _metrics_token(token: str | None) -> str | None:
+    if token is not None and len(token) < 16:
+        raise ConfigError("MIM_METRICS_TOKEN is too short: use at least 16 random characters")
+    return token
+
+
+def _log_format(raw: str | None) -> str:
+    if raw is None:
+        return logs.default_format()
+    if raw.strip().lower() not in logs.FORMATS:
+        raise ConfigError(f"MIM_LOG_FORMAT={raw!r}: use text or json")
+    return raw.strip().lower()
 
 
 def local_secret(path: Path) -> str:

@@ -15,7 +15,8 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from registry import db, recompute
@@ -26,8 +27,12 @@ log = logging.getLogger("mim.jobs")
 class RecomputeRunner:
     """Claims and runs recompute jobs; one per application."""
 
-    def __init__(self, *, poll_seconds: float) -> None:
+    def __init__(
+        self, *, poll_seconds: float, on_finish: Callable[[str, float], None] | None = None
+    ) -> None:
         self.poll_seconds = poll_seconds
+        # Told each job run's outcome (done, failed, paused) and its seconds on this worker.
+        self.on_finish = on_finish
         self.name = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._poller: asyncio.Task[None] | None = None
@@ -66,20 +71,28 @@ class RecomputeRunner:
         return asyncio.create_task(work, context=contextvars.Context())
 
     async def _run(self, slug: str) -> None:
+        started = time.perf_counter()
+        outcome = "done"
         try:
             # False: queued again (or taken over) while it ran; look once more for the new job.
             while not await recompute.run(slug, self.name):
                 if slug not in await recompute.claimable():
+                    outcome = "superseded"
                     return
         except asyncio.CancelledError:
+            outcome = "stopped"
             raise
         except Exception as error:
             if db.is_transient(error) or db.is_timeout(error):
+                outcome = "paused"
                 log.warning("recompute of %s paused: %s", slug, type(error).__name__)
             else:
+                outcome = "failed"
                 log.exception("recompute of %s failed", slug)
         finally:
             self._tasks.pop(slug, None)
+            if self.on_finish is not None:
+                self.on_finish(outcome, time.perf_counter() - started)
 
     async def _poll(self) -> None:
         while True:

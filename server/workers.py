@@ -18,9 +18,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -30,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mim.workers")
 
-ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tf'
 STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 # Past the request time limit, the seconds a stopping worker gets before it is killed.
 STOP_MARGIN_SECONDS = 5.0
@@ -39,11 +40,6 @@ BOOTSTRAP = (
     "import pickle, sys; sys.path[:] = pickle.load(sys.stdin.buffer); "
     "from server.workers import worker_main; worker_main()"
 )
-
-
-def log_format(who: str) -> str:
-    """Return the log line format for one process of a multi-process server."""
-    return f"%(asctime)s %(levelname)s [{who} pid %(process)d] %(name)s %(message)s"
 
 
 class WorkerFailed(Exception):
@@ -79,7 +75,10 @@ def serve(settings: Settings, *, host: str, port: int, workers: int) -> None:
     previous_fd = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
     previous = {signum: signal.signal(signum, lambda *_: None) for signum in STOP_SIGNALS}
     running: list[Worker] = []
+    cleanup = contextlib.ExitStack()
     try:
+        if settings.metrics:
+            cleanup.enter_context(_metrics_directory())
         # Blocked while starting, the workers inherit the mask: they choose their own handlers
         # before any signal reaches them, and one that arrives here waits for the loop below.
         with _blocked(STOP_SIGNALS):
@@ -88,11 +87,33 @@ def serve(settings: Settings, *, host: str, port: int, workers: int) -> None:
         _supervise(running, wake_r, f"http://{host}:{port}")
     finally:
         _stop(running, grace=settings.request_timeout_seconds + STOP_MARGIN_SECONDS)
+        cleanup.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         signal.set_wakeup_fd(previous_fd)
         wake_r.close()
         wake_w.close()
+
+
+@contextlib.contextmanager
+def _metrics_directory() -> Iterator[None]:
+    """Give the workers one directory for their metrics (prometheus-client's multiprocess mode).
+
+    A directory named by PROMETHEUS_MULTIPROC_DIR is used (and emptied first: samples of an
+    earlier run would be added to this one's); otherwise a temporary one, removed at the end.
+    """
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        for stale in Path(given).glob("*.db"):
+            stale.unlink()
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="mim-metrics-") as directory:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        try:
+            yield
+        finally:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 @contextlib.contextmanager
@@ -189,7 +210,7 @@ def worker_main() -> None:
     from server import logs
     from server.app import create_app
 
-    logs.configure(log_format(f"worker {number}"))
+    logs.configure(settings.log_format, who=f"worker {number}")
 
     app = create_app(settings)
     asyncio.run(_serve_worker(app, settings, host=host, port=port, status_fd=status_fd))
@@ -199,6 +220,8 @@ async def _serve_worker(
     app: web.Application, settings: Settings, *, host: str, port: int, status_fd: int
 ) -> None:
     from aiohttp import web
+
+    from server import logs
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -213,7 +236,7 @@ async def _serve_worker(
     runner = web.AppRunner(
         app,
         handle_signals=False,
-        access_log_format=ACCESS_LOG_FORMAT,
+        access_log_class=logs.AccessLogger,
         shutdown_timeout=settings.request_timeout_seconds,
     )
     await runner.setup()

@@ -139,7 +139,8 @@ def _state(server: Server, workers: int) -> str | None:
 
 
 def server_env(**changes: str | None) -> dict[str, str]:
-    env = {**os.environ, **ENV, **changes}
+    # Text lines, which answered_by reads (a file is not a terminal: JSON would be the default).
+    env = {**os.environ, **ENV, "MIM_LOG_FORMAT": "text", **changes}
     return {name: value for name, value in env.items() if value is not None}
 
 

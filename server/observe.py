@@ -1,0 +1,103 @@
+"""What every request leaves behind: its id, its log fields, its metrics and its spans.
+
+The `observe` middleware runs first, around everything else (refusals, authentication, both
+GraphQL paths), so that every answer, a 401 or a 413 included, carries the request id and is
+counted.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from functools import lru_cache
+from typing import Any
+
+from aiohttp import web
+from graphql import GraphQLError, OperationDefinitionNode, get_operation_ast, parse
+
+from schema import MAX_TOKENS
+from server import logs
+from server.metrics import Clock, Metrics, method_of, route_of
+from server.tracing import Tracing
+
+HEADER = "X-Request-ID"
+# A caller's id is kept when it is 1-128 visible ASCII characters; anything else is replaced.
+_ACCEPTED_ID = re.compile(r"[\x21-\x7e]{1,128}")
+
+METRICS = web.AppKey("metrics", Metrics)
+TRACING = web.AppKey("tracing", Tracing)
+REQUEST_ID = web.RequestKey("request_id", str)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def request_id(sent: str | None) -> str:
+    """Return the caller's request id when it is short and printable, else a new one."""
+    if sent is not None and _ACCEPTED_ID.fullmatch(sent):
+        return sent
+    return uuid.uuid4().hex
+
+
+def fields(request: web.Request) -> dict[str, Any]:
+    """Return the request's log fields (set by `observe`; empty outside it)."""
+    return request.get(logs.FIELDS_KEY) or {}
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give the request its id and log fields, and count and time its answer."""
+    metrics = request.app.get(METRICS)
+    route = route_of(request)
+    found = {
+        "request_id": request_id(request.headers.get(HEADER)),
+        "method": request.method,
+        "route": route,
+    }
+    request[REQUEST_ID] = found["request_id"]
+    request[logs.FIELDS_KEY] = found
+    token = logs.REQUEST_FIELDS.set(found)
+    tracing = request.app.get(TRACING)
+    if tracing is not None:
+        tracing.annotate(found["request_id"])
+    clock = Clock()
+    if metrics is not None:
+        metrics.in_flight.inc()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as raised:
+        status = raised.status
+        raise
+    finally:
+        logs.REQUEST_FIELDS.reset(token)
+        if metrics is not None:
+            metrics.in_flight.dec()
+            method = method_of(request)
+            metrics.http_requests.labels(method=method, route=route, status=str(status)).inc()
+            metrics.http_duration.labels(method=method, route=route).observe(clock.seconds())
+            if status == 304:
+                metrics.not_modified.labels(route=route).inc()
+
+
+async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Send the request id back on every answer."""
+    found = request.get(REQUEST_ID)
+    if found is not None:
+        response.headers[HEADER] = found
+
+
+@lru_cache(maxsize=512)
+def operation_of(query: str, operation_name: str | None) -> tuple[str | None, str | None]:
+    """Return the type and name of the operation a request runs (None where there is none)."""
+    try:
+        document = parse(query, max_tokens=MAX_TOKENS)
+    except GraphQLError:
+        return None, operation_name
+    operation = get_operation_ast(document, operation_name)
+    if not isinstance(operation, OperationDefinitionNode):
+        return None, operation_name
+    name = operation.name.value if operation.name is not None else None
+    return operation.operation.value, name
