@@ -87,13 +87,19 @@ def _apply(engine: str, source: str) -> str:
         merged = (
             "mim_two_sum(kpi_rollup.total, kpi_rollup.residue, excluded.total, excluded.residue)"
         )
+        # Each row is added up once, into its day; weeks and months add up the days.
+        day = "date_trunc('day', s.timestamp AT TIME ZONE 'UTC')"
+        above = "date_trunc(CASE g.grain WHEN 'W' THEN 'week' ELSE 'month' END, d.day)"
         return (
+            f"WITH d AS (SELECT s.kpi, s.severity, {day} AS day, sum(s.n) AS n, "
+            f"mim_exact_sum(s.v) AS sums FROM ({source}) AS s GROUP BY 1, 2, 3), "
+            "a AS (SELECT d.kpi, 'D' AS grain, d.severity, d.day AS start, d.n, d.sums FROM d "
+            f"UNION ALL SELECT d.kpi, g.grain, d.severity, {above}, sum(d.n), "
+            "mim_exact_merge(d.sums) FROM d CROSS JOIN (VALUES ('W'), ('M')) AS g(grain) "
+            "GROUP BY 1, 2, 3, 4) "
             "INSERT INTO kpi_rollup (kpi, grain, severity, start, n, total, residue, changed_at) "
-            "SELECT a.kpi, a.grain, a.severity, a.start, a.n, a.sums[1], a.sums[2], now() FROM ("
-            f"SELECT s.kpi, g.grain, s.severity, {_start(engine, 's.timestamp')} AS start, "
-            "sum(s.n) AS n, mim_exact_sum(s.v) AS sums "
-            f"FROM ({source}) AS s CROSS JOIN {_GRAINS[engine]} GROUP BY 1, 2, 3, 4) AS a "
-            "ORDER BY 1, 2, 3, 4 "
+            "SELECT a.kpi, a.grain, a.severity, a.start AT TIME ZONE 'UTC', a.n, a.sums[1], "
+            "a.sums[2], now() FROM a ORDER BY 1, 2, 3, 4 "
             "ON CONFLICT (kpi, grain, severity, start) DO UPDATE SET "
             "n = kpi_rollup.n + excluded.n, "
             f"total = CASE WHEN {reset} THEN 0 ELSE ({merged})[1] END, "
@@ -123,14 +129,21 @@ FUNCTIONS = [
     "CREATE FUNCTION mim_two_sum(a float8, a_residue float8, b float8, b_residue float8) "
     "RETURNS float8[] LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$ "
     f"SELECT ARRAY[a + b, a_residue + b_residue + {_two_sum_error('a', 'b')}] $$",
+    "CREATE FUNCTION mim_merge_step(sums float8[], more float8[]) RETURNS float8[] "
+    "LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$ "
+    "SELECT mim_two_sum(sums[1], sums[2], more[1], more[2]) $$",
+    "CREATE AGGREGATE mim_exact_merge(float8[]) "
+    "(SFUNC = mim_merge_step, STYPE = float8[], INITCOND = '{0,0}')",
 ]
 
 
-def _signed(rows: str, sign: int, severity: str | None = None) -> str:
+def _signed(rows: str, sign: int) -> str:
     """SQL for observation rows `rows` (alias o) as (kpi, severity, timestamp, n, v)."""
-    sev = severity or "(SELECT i.severity FROM incident AS i WHERE i.id = o.incident)"
     value = "o.value" if sign > 0 else "-o.value"
-    return f"SELECT o.kpi, {sev} AS severity, o.timestamp, {sign} AS n, {value} AS v FROM {rows}"
+    return (
+        f"SELECT o.kpi, i.severity, o.timestamp, {sign} AS n, {value} AS v "
+        f"FROM {rows} JOIN incident AS i ON i.id = o.incident"
+    )
 
 
 TABLE = {
@@ -230,7 +243,8 @@ DROP = {
         "DROP FUNCTION IF EXISTS kpi_rollup_added, kpi_rollup_removed, kpi_rollup_updated, "
         "kpi_rollup_severity, incident_forget_observations",
         "DROP AGGREGATE IF EXISTS mim_exact_sum(float8)",
-        "DROP FUNCTION IF EXISTS mim_exact_step, mim_two_sum",
+        "DROP AGGREGATE IF EXISTS mim_exact_merge(float8[])",
+        "DROP FUNCTION IF EXISTS mim_exact_step, mim_merge_step, mim_two_sum",
     ],
     "sqlite": [
         "DROP TABLE IF EXISTS kpi_rollup",
