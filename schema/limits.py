@@ -81,10 +81,13 @@ def estimate(
 # How each limit words its refusal (ours, Strawberry's depth and alias limiters, graphql-core's
 # token limit), for counting refusals by limit.
 _REFUSALS = (
-    ("depth", re.compile(r"exceeds maximum operation depth of \d+$")),
+    ("depth", re.compile(r"^'[^']*' exceeds maximum operation depth of \d+$")),
     ("aliases", re.compile(r"^\d+ aliases found\. Allowed: \d+$")),
-    ("tokens", re.compile(r"Document contains more than \d+ tokens\.")),
-    ("cost", re.compile(r"^Query is too expensive: ")),
+    (
+        "tokens",
+        re.compile(r"^Syntax Error: Document contains more than \d+ tokens\. Parsing aborted\.$"),
+    ),
+    ("cost", re.compile(r"^Query is too expensive: estimated cost \d+ exceeds \d+; ")),
     ("list_size", re.compile(r"^The argument \S+ holds \d+ items; at most \d+ are accepted\.$")),
 )
 

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import lru_cache, partial
 from importlib.metadata import PackageNotFoundError, version
@@ -42,7 +43,7 @@ from server.metrics import (
     operation_label,
     type_label,
 )
-from server.observe import METRICS, TRACING, fields, operation_of
+from server.observe import METRICS, TRACING, fields, operation_name, operation_of
 from server.tracing import Tracing
 from server.tracing import from_env as tracing_from_env
 
@@ -67,8 +68,11 @@ UNAUTHENTICATED_BODY = json.dumps(
 )
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 METRICS_PATH = "/metrics"
+_NAME = re.compile(r"[_A-Za-z][_0-9A-Za-z]*")
 MAX_HEADER_BYTES = 32 * 1024
 MAX_BODY_BYTES = 1024 * 1024
+# How often each worker sets its database pool gauges.
+POOL_GAUGE_SECONDS = 1.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -166,6 +170,9 @@ async def mask_faults(request: web.Request, handler: Handler) -> web.StreamRespo
     except TimeoutError:
         log.warning("request ran past its time limit: %s %s", request.method, request.path)
         _refused(request, "timeout")
+        if (operation := request.get(OPERATION)) is not None:
+            operation["code"] = "TIMEOUT"
+            finish_operation(request)
         return error_response(503, "TIMEOUT", TIMEOUT_MESSAGE)
     except asyncio.CancelledError:
         task = asyncio.current_task()
@@ -191,6 +198,34 @@ async def mask_faults(request: web.Request, handler: Handler) -> web.StreamRespo
         text = response.text if isinstance(response, web.Response) else None
         return _coded_refusal(response.status, text or response.reason)
     return response
+
+
+def finish_operation(request: web.Request) -> None:
+    """Record a GraphQL operation's path and code in the log fields and the metrics, once."""
+    operation = request.get(OPERATION)
+    if operation is None or operation.get("finished"):
+        return
+    operation["finished"] = True
+    log_fields = fields(request)
+    log_fields["path"], log_fields["error_code"] = operation["path"], operation["code"]
+    metrics = request.app.get(METRICS)
+    if metrics is not None and operation["counted"]:
+        labels = {
+            "type": type_label(operation["type"]),
+            "operation": operation_label(operation["name"]),
+            "path": operation["path"],
+        }
+        metrics.operations.labels(**labels, code=code_label(operation["code"])).inc()
+        metrics.operation_duration.labels(**labels).observe(operation["clock"].seconds())
+
+
+def _fault_code(error: BaseException) -> str:
+    """Return the code mask_faults answers an exception with."""
+    if isinstance(error, TimeoutError) or db.is_timeout(error):
+        return "TIMEOUT"
+    if db.is_transient(error):
+        return "UNAVAILABLE"
+    return "INTERNAL"
 
 
 def _refused(request: web.Request, limit: str) -> None:
@@ -221,40 +256,44 @@ class MimGraphQLView(GraphQLView[Context, None]):
             else (None, None)
         )
         # What the logs, metrics and span say of this operation: path and code are filled in
-        # by whoever answers.
-        operation: dict[str, Any] = {"path": "executor", "code": None}
+        # by whoever answers; finish_operation records it once.
+        name = operation_name(name)
+        operation: dict[str, Any] = {
+            "path": "executor", "code": None, "type": kind, "name": name, "clock": clock,
+            "counted": body is not None or refusal is not None,
+        }  # fmt: skip
         request[OPERATION] = operation
         log_fields = fields(request)
-        log_fields["operation_type"] = kind
-        log_fields["operation_name"] = name[:128] if name is not None else None
+        log_fields["operation_type"], log_fields["operation_name"] = kind, name
         tracing = request.app.get(TRACING)
         with (
             tracing.operation(kind, name, query if isinstance(query, str) else None)
             if tracing is not None and body is not None
             else contextlib.nullcontext()
         ) as span:
-            response: web.StreamResponse
-            if refusal is not None:
-                operation.update(path="refused", code="BAD_USER_INPUT")
-                response = refusal
-            else:
-                response = await self._answer(request, body, operation)
-            if response.status >= 400 and operation["code"] is None:
-                operation["code"] = "BAD_USER_INPUT"
-            if span is not None:
-                span.set_attribute("mim.graphql.path", operation["path"])
-                if operation["code"] is not None:
-                    span.set_attribute("mim.graphql.error_code", operation["code"])
-        log_fields["path"], log_fields["error_code"] = operation["path"], operation["code"]
-        metrics = request.app.get(METRICS)
-        if metrics is not None and (body is not None or refusal is not None):
-            labels = {
-                "type": type_label(kind),
-                "operation": operation_label(name),
-                "path": operation["path"],
-            }
-            metrics.operations.labels(**labels, code=code_label(operation["code"])).inc()
-            metrics.operation_duration.labels(**labels).observe(clock.seconds())
+            try:
+                response: web.StreamResponse = (
+                    refusal if refusal is not None else await self._answer(request, body, operation)
+                )
+            except asyncio.CancelledError:
+                # Stopped from outside: a time limit (mask_faults counts it as TIMEOUT) or the
+                # server stopping (nobody gets an answer: not counted).
+                raise
+            except BaseException as error:
+                # mask_faults answers it; it is counted with the code it will carry.
+                operation["code"] = _fault_code(error)
+                finish_operation(request)
+                raise
+            finally:
+                if span is not None:
+                    span.set_attribute("mim.graphql.path", operation["path"])
+                    if operation["code"] is not None:
+                        span.set_attribute("mim.graphql.error_code", operation["code"])
+        if refusal is not None:
+            operation.update(path="refused", code="BAD_USER_INPUT")
+        elif response.status >= 400 and operation["code"] is None:
+            operation["code"] = "BAD_USER_INPUT"
+        finish_operation(request)
         return response
 
     async def _read(
@@ -357,7 +396,10 @@ def read_body(raw: bytes) -> tuple[dict[str, Any], str | None]:
 
 def operation_refusal(body: dict[str, Any]) -> str | None:
     """Return why a request's document cannot run as sent (None if it may)."""
-    if body.get("operationName") is None and _operation_count(body["query"]) > 1:
+    name = body.get("operationName")
+    if isinstance(name, str) and not _NAME.fullmatch(name):
+        return "operationName must be the name of an operation in the document."
+    if name is None and _operation_count(body["query"]) > 1:
         return "The document holds several operations: name the one to run in operationName."
     return None
 
@@ -394,11 +436,25 @@ def _operation_count(query: str) -> int:
 async def _database(app: web.Application) -> AsyncIterator[None]:
     await db.open_engine(statement_timeout_seconds=app[SETTINGS].statement_timeout_seconds)
     metrics = app.get(METRICS)
-    unwatch = db.watch_pool(metrics.pool_wait.observe) if metrics is not None else None
+    if metrics is None:
+        yield
+        await db.close_engine()
+        return
+    unwatch = db.watch_pool(metrics.pool_wait.observe)
+    # Every worker keeps its pool gauges current (a scrape reaches one worker of several).
+    watching = asyncio.create_task(_watch_pool(metrics))
     yield
-    if unwatch is not None:
-        unwatch()
+    watching.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watching
+    unwatch()
     await db.close_engine()
+
+
+async def _watch_pool(metrics: Metrics) -> None:
+    while True:
+        metrics.pool()
+        await asyncio.sleep(POOL_GAUGE_SECONDS)
 
 
 async def _traces(app: web.Application) -> AsyncIterator[None]:
@@ -411,8 +467,10 @@ async def _traces(app: web.Application) -> AsyncIterator[None]:
 
 
 async def serve_metrics(request: web.Request) -> web.Response:
-    """Answer a scrape: only for the metrics token or an admin; anyone else meets a 404."""
-    if not may_scrape(request, request.app[SETTINGS].metrics_token):
+    """Answer a scrape: only a GET for the metrics token or an admin; anything else meets the
+    404 of an unknown route (for every method: a 405 would say the route exists)."""
+    scrape = request.method in ("GET", "HEAD")
+    if not scrape or not may_scrape(request, request.app[SETTINGS].metrics_token):
         raise web.HTTPNotFound()
     return exposition_response(await request.app[METRICS].exposition())
 
@@ -481,7 +539,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> web.App
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     if metrics is not None:
-        app.router.add_get(METRICS_PATH, serve_metrics)
+        app.router.add_route("*", METRICS_PATH, serve_metrics)
     rest.add_routes(app)
     return app
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Coroutine
 from datetime import UTC, datetime
@@ -71,6 +72,10 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
     from server.app import create_app
 
     logs.configure(settings.log_format)
+    if settings.metrics and (shared := os.environ.get("PROMETHEUS_MULTIPROC_DIR")):
+        from server.metrics import prepare_directory
+
+        prepare_directory(shared)
     try:
         app = create_app(settings)
     except ConfigError as error:

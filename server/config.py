@@ -95,8 +95,15 @@ class Settings:
             metrics=_flag(env, "MIM_METRICS", True),
             metrics_token=_metrics_token(env.get("MIM_METRICS_TOKEN") or None),
             log_format=_log_format(env.get("MIM_LOG_FORMAT") or None),
-            tracing=tracing.wanted(env),
+            tracing=_tracing(env),
         )
+
+
+def _tracing(env: Mapping[str, str]) -> bool:
+    try:
+        return tracing.wanted(env)
+    except tracing.TracingUnavailable as refusal:
+        raise ConfigError(str(refusal)) from None
 
 
 def _metrics_token(token: str | None) -> str | None:

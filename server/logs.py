@@ -141,11 +141,13 @@ class AccessLogger(AbstractAccessLogger):
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         fields = request.get(FIELDS_KEY) or {}
         version = request.version
+        # The path without its query string: a caller may put a token there (and the GraphQL
+        # document of a GET is the operation's, named in the fields).
         self.logger.info(
             '%s "%s %s HTTP/%d.%d" %d %d %.6f',
             request.remote,
             request.method,
-            request.rel_url,
+            request.rel_url.raw_path,
             version.major,
             version.minor,
             response.status,

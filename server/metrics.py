@@ -11,10 +11,12 @@ answers a scrape reports them all.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -55,8 +57,21 @@ CODES = frozenset(
 OPERATION_TYPES = frozenset({"query", "mutation", "subscription"})
 LIMITS = ("depth", "aliases", "tokens", "cost", "list_size", "body_size", "timeout")
 RECOMPUTE_STATES = ("queued", "running", "done", "failed")
+# How long a scrape waits for the recompute jobs' progress before leaving it out.
+PROGRESS_SECONDS = 2.0
+# The files prometheus-client's multiprocess mode writes (and nothing else in the directory).
+SAMPLE_FILES = ("counter_*.db", "gauge_*.db", "histogram_*.db", "summary_*.db")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def prepare_directory(path: str) -> None:
+    """Make the multiprocess directory ready: created if missing, earlier runs' samples gone."""
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    for pattern in SAMPLE_FILES:
+        for stale in directory.glob(pattern):
+            stale.unlink()
 
 
 def multiprocess_mode() -> bool:
@@ -164,7 +179,7 @@ class Metrics:
         self.not_modified.labels(route="/graphql")
         if shared:
             multiprocess.MultiProcessCollector(self.registry)
-        self._recompute_rows: list[dict[str, Any]] = []
+        self._recompute_rows: list[dict[str, Any]] | None = []
         self.registry.register(_RecomputeCollector(self))
 
     def pool(self) -> None:
@@ -184,9 +199,19 @@ class Metrics:
         self.recompute_duration.labels(outcome=outcome).observe(seconds)
 
     async def exposition(self) -> bytes:
-        """Return every metric in the Prometheus text format (job progress read now)."""
+        """Return every metric in the Prometheus text format (job progress read now).
+
+        Without the database (down, or every connection busy past PROGRESS_SECONDS), the
+        recompute families are left out and the rest is answered: an outage is when metrics
+        matter most.
+        """
         self.pool()
-        self._recompute_rows = await recompute.progress()
+        try:
+            self._recompute_rows = await asyncio.wait_for(recompute.progress(), PROGRESS_SECONDS)
+        except Exception as error:
+            if not (isinstance(error, TimeoutError) or db.is_transient(error)):
+                raise
+            self._recompute_rows = None
         return generate_latest(self.registry)
 
 
@@ -197,6 +222,8 @@ class _RecomputeCollector(Collector):
         self.metrics = metrics
 
     def collect(self) -> Iterable[Metric]:
+        if self.metrics._recompute_rows is None:
+            return []  # the database did not answer this scrape
         rows = {row["state"]: row for row in self.metrics._recompute_rows}
         jobs = GaugeMetricFamily(
             "mim_recompute_jobs", "Recompute (backfill) jobs by state.", labels=["state"]
@@ -273,9 +300,10 @@ def may_scrape(request: web.Request, token: str | None) -> bool:
     if token:
         sent = request.headers.get("Authorization", "")
         scheme, _, credentials = sent.partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(
-            credentials.strip().encode(), token.encode()
-        ):
+        # Header text that is not UTF-8 (aiohttp decodes it as such, with surrogates) compares as
+        # the bytes it was; it cannot equal a token, and must not fail.
+        sent_bytes = credentials.strip().encode("utf-8", "surrogateescape")
+        if scheme.lower() == "bearer" and hmac.compare_digest(sent_bytes, token.encode()):
             return True
     viewer = request.get(VIEWER)
     return viewer is not None and Persona.ADMIN in viewer.personas

@@ -7,6 +7,7 @@ counted.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,10 @@ from server.tracing import Tracing
 HEADER = "X-Request-ID"
 # A caller's id is kept when it is 1-128 visible ASCII characters; anything else is replaced.
 _ACCEPTED_ID = re.compile(r"[\x21-\x7e]{1,128}")
+# An operation name as GraphQL spells one, short enough to log.
+_NAME = re.compile(r"[_A-Za-z][_0-9A-Za-z]{0,127}")
+# Documents longer than this are parsed again rather than kept (the cache holds 512).
+CACHED_DOCUMENT_CHARS = 8192
 
 METRICS = web.AppKey("metrics", Metrics)
 TRACING = web.AppKey("tracing", Tracing)
@@ -63,7 +68,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     clock = Clock()
     if metrics is not None:
         metrics.in_flight.inc()
-    status = 500
+    status: int | None = 500
     try:
         response = await handler(request)
         status = response.status
@@ -71,10 +76,14 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as raised:
         status = raised.status
         raise
+    except asyncio.CancelledError:
+        status = None  # the server is stopping: nobody gets an answer to count
+        raise
     finally:
         logs.REQUEST_FIELDS.reset(token)
         if metrics is not None:
             metrics.in_flight.dec()
+        if metrics is not None and status is not None:
             method = method_of(request)
             metrics.http_requests.labels(method=method, route=route, status=str(status)).inc()
             metrics.http_duration.labels(method=method, route=route).observe(clock.seconds())
@@ -89,9 +98,19 @@ async def echo_request_id(request: web.Request, response: web.StreamResponse) ->
         response.headers[HEADER] = found
 
 
-@lru_cache(maxsize=512)
+def operation_name(name: object) -> str | None:
+    """Return an operation name fit for logs and spans: a GraphQL name of at most 128 chars."""
+    return name if isinstance(name, str) and _NAME.fullmatch(name) else None
+
+
 def operation_of(query: str, operation_name: str | None) -> tuple[str | None, str | None]:
     """Return the type and name of the operation a request runs (None where there is none)."""
+    if len(query) > CACHED_DOCUMENT_CHARS:
+        return _operation_of(query, operation_name)
+    return _cached_operation_of(query, operation_name)
+
+
+def _operation_of(query: str, operation_name: str | None) -> tuple[str | None, str | None]:
     try:
         document = parse(query, max_tokens=MAX_TOKENS)
     except GraphQLError:
@@ -101,3 +120,6 @@ def operation_of(query: str, operation_name: str | None) -> tuple[str | None, st
         return None, operation_name
     name = operation.name.value if operation.name is not None else None
     return operation.operation.value, name
+
+
+_cached_operation_of = lru_cache(maxsize=512)(_operation_of)

@@ -22,7 +22,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -99,13 +98,15 @@ def serve(settings: Settings, *, host: str, port: int, workers: int) -> None:
 def _metrics_directory() -> Iterator[None]:
     """Give the workers one directory for their metrics (prometheus-client's multiprocess mode).
 
-    A directory named by PROMETHEUS_MULTIPROC_DIR is used (and emptied first: samples of an
-    earlier run would be added to this one's); otherwise a temporary one, removed at the end.
+    A directory named by PROMETHEUS_MULTIPROC_DIR is used (made if missing, and the samples of
+    an earlier run taken out: they would be added to this one's); otherwise a temporary one,
+    removed at the end.
     """
+    from server.metrics import prepare_directory
+
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if given:
-        for stale in Path(given).glob("*.db"):
-            stale.unlink()
+        prepare_directory(given)
         yield
         return
     with tempfile.TemporaryDirectory(prefix="mim-metrics-") as directory:

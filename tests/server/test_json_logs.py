@@ -43,6 +43,7 @@ def call(
     token: str | None = None,
     query: str | None = None,
     request_id: str | None = None,
+    operation_name: str | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     """Make one request on a new connection (the kernel picks a worker afresh)."""
     headers = {"Content-Type": "application/json"}
@@ -50,7 +51,10 @@ def call(
         headers["Authorization"] = f"Bearer {token}"
     if request_id is not None:
         headers["X-Request-ID"] = request_id
-    data = json.dumps({"query": query}).encode() if query is not None else None
+    sent: dict[str, Any] = {"query": query}
+    if operation_name is not None:
+        sent["operationName"] = operation_name
+    data = json.dumps(sent).encode() if query is not None else None
     request = urllib.request.Request(
         f"http://127.0.0.1:{server.port}{path}", data=data, headers=headers
     )
@@ -91,6 +95,13 @@ def test_every_line_is_json_with_the_request_fields_and_no_token(server: Server)
     assert status == 401
     made = headers["X-Request-ID"]
     status, _, _ = call(server, "/kpis/mttr", token=token, request_id="r-rest")
+    in_query = "token-in-a-query-string-0123456789abcdef"
+    status, _, _ = call(server, f"/graphql?query=%7Bkpis%7Bslug%7D%7D&access_token={in_query}")
+    assert status == 401
+    # A name no operation has (a lone surrogate: JSON cannot carry it) is refused, not logged.
+    status, _, body = call(server, "/graphql", token=token, query=DASHBOARD,
+                           request_id="r-name", operation_name="\ud800")  # fmt: skip
+    assert status == 400 and b"BAD_USER_INPUT" in body
 
     plan = wait_until(lambda: access_lines(server, "r-plan"), "the access line is written")[0]
     assert plan["level"] == "INFO" and plan["time"] and plan["message"]
@@ -107,7 +118,9 @@ def test_every_line_is_json_with_the_request_fields_and_no_token(server: Server)
     rest = wait_until(lambda: access_lines(server, "r-rest"), "the access line is written")[0]
     assert (rest["route"], rest["status"]) == ("/kpis/{slug}", 200)
     output = server.output()
-    for secret in (token, refused_token, METRICS_TOKEN):
+    named = wait_until(lambda: access_lines(server, "r-name"), "the 400's line is written")[0]
+    assert named["status"] == 400 and "operation_name" not in named
+    for secret in (token, refused_token, METRICS_TOKEN, in_query):
         assert secret not in output
     supervisor = [line for line in lines(server) if line.get("process") == "supervisor"]
     assert any("workers" in line["message"] for line in supervisor)

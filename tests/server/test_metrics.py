@@ -236,6 +236,13 @@ async def test_requests_past_their_time_limit_are_counted(settings: Settings) ->
         }
         assert samples[("mim_requests_refused_total", "timeout")] == 1
         assert samples[("mim_requests_refused_total", "depth")] == 0
+        timed_out = [
+            s
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "mim_graphql_operations_total" and s.labels.get("code") == "TIMEOUT"
+        ]
+        assert [s.value for s in timed_out] == [1]
 
 
 async def test_labels_stay_bounded_and_name_no_kpi_subject_token_or_incident(
@@ -353,3 +360,122 @@ async def test_every_metric_the_docs_name_is_exported(client: TestClient) -> Non
     # Histograms and counters are named in the guide by family (without _bucket, _total, ...).
     families = {re.sub(r"_(bucket|count|sum|total|created)$", "", name) for name in exported}
     assert {re.sub(r"_(bucket|count|sum|total)$", "", n) for n in in_guide} <= families
+
+
+async def raw_request(client: TestClient, head: bytes) -> tuple[int, bytes]:
+    """Send a request's bytes as they are (headers no client would send); return status, body."""
+    assert client.server.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    writer.write(head)
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    status = int(answer.split(b" ", 2)[1])
+    return status, answer.partition(b"\r\n\r\n")[2]
+
+
+async def test_a_header_that_is_not_utf8_meets_the_unknown_route_answer(
+    client: TestClient,
+) -> None:
+    answers = []
+    for path in (b"/metrics", b"/no-such-route"):
+        answers.append(
+            await raw_request(
+                client,
+                b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                b"Authorization: Bearer \xff\xfe\xfd\r\n\r\n",
+            )
+        )
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 401
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS", "PATCH"])
+async def test_other_methods_meet_the_unknown_route_answer(client: TestClient, method: str) -> None:
+    for bearer in (make_token("exec"), make_token("admin"), METRICS_TOKEN):
+        headers = {"Authorization": f"Bearer {bearer}"}
+        metrics = await client.request(method, "/metrics", headers=headers)
+        unknown = await client.request(method, "/no-such-route", headers=headers)
+        if bearer == METRICS_TOKEN:
+            # The metrics token is no viewer's: elsewhere it is refused; here it is no scrape.
+            assert (metrics.status, unknown.status) == (404, 401)
+            continue
+        assert metrics.status == unknown.status == 404
+        assert await metrics.read() == await unknown.read()
+
+
+async def test_faults_are_counted_with_the_code_they_answer(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from schema.fast_path import FastPath
+
+    async def broken(self: Any, body: Any, viewer: Any) -> bytes:
+        raise RuntimeError("a fault of the service")
+
+    before = await scrape(client)
+    monkeypatch.setattr(FastPath, "respond", broken)
+    response = await client.post(
+        "/graphql", json={"query": PLAN_QUERY}, headers={"Authorization": f"Bearer {make_token()}"}
+    )
+    monkeypatch.undo()
+    assert response.status == 500
+    after = await scrape(client)
+    labels = {"operation": "ExecDashboard", "code": "INTERNAL"}
+    moved = value(after, "mim_graphql_operations_total", **labels) - value(
+        before, "mim_graphql_operations_total", **labels
+    )
+    assert moved == 1
+
+
+async def test_a_scrape_answers_without_the_database(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from registry import recompute
+
+    async def unreachable() -> Any:
+        raise ConnectionRefusedError("the database is down")
+
+    monkeypatch.setattr(recompute, "progress", unreachable)
+    samples = await scrape(client)
+    assert value(samples, "mim_build_info") == 1
+    assert not any(key[0].startswith("mim_recompute_jobs") for key in samples if key != "_text")
+
+
+async def test_an_echoed_message_is_not_counted_as_a_refusal(client: TestClient) -> None:
+    before = await scrape(client)
+    for text in (
+        "Syntax Error: Document contains more than 1 tokens. Parsing aborted.",
+        "'x' exceeds maximum operation depth of 1",
+        "3 aliases found. Allowed: 1",
+    ):
+        echoing = '{ kpis(visibility: "' + text + '") { slug } }'
+        body = await gql(client, echoing)
+        assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    after = await scrape(client)
+    for limit in ("tokens", "depth", "aliases"):
+        assert value(after, "mim_requests_refused_total", limit=limit) == value(
+            before, "mim_requests_refused_total", limit=limit
+        ), limit
+
+
+def test_the_multiprocess_directory_is_made_and_only_samples_are_cleared(tmp_path: Path) -> None:
+    from server.metrics import prepare_directory
+
+    directory = tmp_path / "made" / "here"
+    prepare_directory(str(directory))
+    assert directory.is_dir()
+    for name in ("counter_12.db", "histogram_12.db", "gauge_livesum_12.db", "mim.sqlite3.db"):
+        (directory / name).write_text("x")
+    prepare_directory(str(directory))
+    assert sorted(p.name for p in directory.iterdir()) == ["mim.sqlite3.db"]
+
+
+async def test_long_documents_are_not_kept_by_the_operation_cache(client: TestClient) -> None:
+    from server.observe import CACHED_DOCUMENT_CHARS, _cached_operation_of
+
+    long = "query Long { kpis { slug } }" + " " * CACHED_DOCUMENT_CHARS
+    await gql(client, "query Short { kpis { slug } }", persona="exec")
+    held = _cached_operation_of.cache_info().currsize
+    body = await gql(client, long, persona="exec")
+    assert body["data"]["kpis"]
+    assert _cached_operation_of.cache_info().currsize == held
