@@ -210,13 +210,13 @@ def finish_operation(request: web.Request) -> None:
     log_fields["path"], log_fields["error_code"] = operation["path"], operation["code"]
     metrics = request.app.get(METRICS)
     if metrics is not None and operation["counted"]:
-        labels = {
-            "type": type_label(operation["type"]),
-            "operation": operation_label(operation["name"]),
-            "path": operation["path"],
-        }
-        metrics.operations.labels(**labels, code=code_label(operation["code"])).inc()
-        metrics.operation_duration.labels(**labels).observe(operation["clock"].seconds())
+        metrics.operation_done(
+            type_label(operation["type"]),
+            operation_label(operation["name"]),
+            operation["path"],
+            code_label(operation["code"]),
+            operation["clock"].seconds(),
+        )
 
 
 def _fault_code(error: BaseException) -> str:

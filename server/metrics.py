@@ -180,7 +180,42 @@ class Metrics:
         if shared:
             multiprocess.MultiProcessCollector(self.registry)
         self._recompute_rows: list[dict[str, Any]] | None = []
+        # Label children by label values (bounded: every value comes from a fixed set).
+        self._requests: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+        self._operations: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
         self.registry.register(_RecomputeCollector(self))
+
+    def request_done(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count and time one HTTP answer."""
+        key = (method, route, status)
+        found = self._requests.get(key)
+        if found is None:
+            # labels() costs more than the increment: each label set's children are kept.
+            found = self._requests[key] = (
+                self.http_requests.labels(method=method, route=route, status=str(status)),
+                self.http_duration.labels(method=method, route=route),
+                self.not_modified.labels(route=route) if status == 304 else None,
+            )
+        count, duration, not_modified = found
+        count.inc()
+        duration.observe(seconds)
+        if not_modified is not None:
+            not_modified.inc()
+
+    def operation_done(
+        self, kind: str, operation: str, path: str, code: str, seconds: float
+    ) -> None:
+        """Count and time one GraphQL operation."""
+        key = (kind, operation, path, code)
+        found = self._operations.get(key)
+        if found is None:
+            found = self._operations[key] = (
+                self.operations.labels(type=kind, operation=operation, path=path, code=code),
+                self.operation_duration.labels(type=kind, operation=operation, path=path),
+            )
+        count, duration = found
+        count.inc()
+        duration.observe(seconds)
 
     def pool(self) -> None:
         """Set the pool gauges from this process's pool."""

@@ -84,11 +84,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         if metrics is not None:
             metrics.in_flight.dec()
         if metrics is not None and status is not None:
-            method = method_of(request)
-            metrics.http_requests.labels(method=method, route=route, status=str(status)).inc()
-            metrics.http_duration.labels(method=method, route=route).observe(clock.seconds())
-            if status == 304:
-                metrics.not_modified.labels(route=route).inc()
+            metrics.request_done(method_of(request), route, status, clock.seconds())
 
 
 async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
