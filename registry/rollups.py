@@ -598,11 +598,24 @@ class Stats:
 
 
 # A rollup row as `buckets` reads it; raw rows come in the same shape (see _raw_values).
-_GROUP_COLUMNS = (
-    "r.kpi, r.grain, r.severity, r.start, r.n, r.total + r.residue AS total, r.stamp, "
-    "r.changed_at, r.id, "
-    "CAST(NULL AS double precision) AS value"
-)
+def _group_columns(severity: str) -> str:
+    """The columns of a group of rollup rows (those of one KPI, grain and start and `severity`,
+    an SQL expression), as `buckets` reads it; raw rows come in the same shape (_raw_values).
+
+    A group of several rows (every severity) is identified by how many rows it holds and the sum
+    of their stamps: stamps only grow and rows are never deleted, so any change to any of them
+    moves the sum.
+    """
+    if db.is_sqlite():
+        total = "sum(r.total) + sum(r.residue)"
+    else:  # the same whatever order the rows come in
+        merged = "mim_exact_merge(ARRAY[r.total, r.residue])"
+        total = f"({merged})[1] + ({merged})[2]"
+    return (
+        f"r.kpi, r.grain, {severity} AS severity, r.start, CAST(sum(r.n) AS bigint) AS n, "
+        f"{total} AS total, CAST(sum(r.stamp) AS bigint) AS stamp, "
+        "max(r.changed_at) AS changed_at, count(*) AS id, CAST(NULL AS double precision) AS value"
+    )
 
 
 async def buckets(
@@ -638,21 +651,33 @@ async def buckets(
     kpis = sorted(set(slugs))
     s = db.statement()  # placeholders are taken in the text's order (SQLite's are positional)
 
-    def rollup_rows(part: str) -> str:
+    def rollup_rows(columns: str) -> str:
         return (
-            f"SELECT '{part}' AS part, {_GROUP_COLUMNS} FROM kpi_rollup AS r "
+            f"SELECT {columns} FROM kpi_rollup AS r "
             f"JOIN kpi_definition AS d ON d.slug = r.kpi WHERE r.kpi {s.one_of(kpis)} "
             f"AND {policy.visible(viewer, 'd.visibility', s)}{_severity(severity, s)} AND "
         )
 
-    groups = rollup_rows("g") + "("
+    # One group per KPI, grain and start: the severity asked for, or every severity together
+    # ("*"), so that a bucket is one group whose summary is kept whole.
+    label = "r.severity" if severity is not None else "'*'"
+    groups = rollup_rows(f"'g' AS part, {_group_columns(label)}") + "("
     wanted = []
     if whole:
         wanted.append(f"(r.grain = {s.arg(grain.value)} AND r.start {s.one_of(whole)})")
     wanted += [f"(r.grain = 'D' AND {_range('r.start', lo, hi, s)})" for lo, hi in days]
-    parts = [groups + (" OR ".join(wanted) or "false") + ")"]
+    parts = [
+        groups
+        + (" OR ".join(wanted) or "false")
+        + ") GROUP BY r.kpi, r.grain, r.start"
+        + (", r.severity" if severity is not None else "")
+    ]
     if edge_days:
-        edges = rollup_rows("e") + "r.grain = 'D' AND ("
+        edge_columns = (
+            "'e' AS part, r.kpi, r.grain, r.severity, r.start, r.n, r.total, r.stamp, "
+            "r.changed_at, r.id, CAST(NULL AS double precision) AS value"
+        )
+        edges = rollup_rows(edge_columns) + "r.grain = 'D' AND ("
         edges += " OR ".join(_range("r.start", lo, hi, s) for lo, hi in edge_days)
         parts.append(edges + ")")
     if raw:
@@ -685,8 +710,10 @@ async def buckets(
             if found is None:
                 missing[key] = bucket
                 continue
-            bucket.add(row["n"], row["total"], row["changed_at"])
-            bucket.took(key, version, found)
+            # The sum kept with the summary: the same bits on every read at this version.
+            points, total = found
+            bucket.add(row["n"], total, row["changed_at"])
+            bucket.took(key, version, points)
         else:
             bucket.saw(row["changed_at"])
     if missing:
@@ -695,8 +722,8 @@ async def buckets(
 
 
 def _version(row: Any) -> tuple[Any, ...]:
-    """What identifies a rollup row's state: a row emptied and made again starts its stamps over."""
-    return (row["id"], row["stamp"], row["n"], row["total"], row["changed_at"])
+    """What identifies a group's state: its rows' count and stamps (see _group_columns)."""
+    return (row["id"], row["stamp"], row["n"], row["changed_at"])
 
 
 def _raw_values(viewer: Viewer, s: db.Statement, kpis: str, ranges: Callable[[], str]) -> str:
@@ -741,14 +768,17 @@ async def _summarize_groups(viewer: Viewer, missing: dict[Key, Stats]) -> None:
     s = db.statement()  # placeholders are taken in the text's order (SQLite's are positional)
     sql = (
         f"WITH k AS ({_keys(missing, s)}) "
-        f"SELECT 'g' AS part, {_GROUP_COLUMNS} FROM k JOIN kpi_rollup AS r ON r.kpi = k.kpi "
-        "AND r.grain = k.grain AND r.severity = k.severity AND r.start = k.start "
+        f"SELECT 'g' AS part, {_group_columns('k.severity')} FROM k JOIN kpi_rollup AS r "
+        "ON r.kpi = k.kpi AND r.grain = k.grain AND r.start = k.start "
+        "AND (k.severity = '*' OR r.severity = k.severity) "
         "JOIN kpi_definition AS d ON d.slug = r.kpi "
         f"WHERE {policy.visible(viewer, 'd.visibility', s)} "
+        "GROUP BY r.kpi, r.grain, k.severity, r.start "
         "UNION ALL SELECT 'o' AS part, k.kpi, k.grain, k.severity, k.start, NULL, NULL, NULL, "
         "NULL, NULL, o.value FROM k JOIN kpi_observation AS o ON o.kpi = k.kpi "
         "AND o.timestamp >= k.lo AND o.timestamp < k.hi "
-        "JOIN incident AS i ON i.id = o.incident AND i.severity = k.severity "
+        "JOIN incident AS i ON i.id = o.incident "
+        "AND (k.severity = '*' OR i.severity = k.severity) "
         "JOIN kpi_definition AS d ON d.slug = o.kpi "
         f"WHERE {policy.visible(viewer, 'd.visibility', s)}"
     )
@@ -766,7 +796,7 @@ async def _summarize_groups(viewer: Viewer, missing: dict[Key, Stats]) -> None:
             continue  # emptied and gone since the first read: nothing to add
         points = summarize(values[key])
         version = _version(group)
-        cache.put(key, version, points)
+        cache.put(key, version, (points, group["total"]))
         # The same snapshot as the values: the rollup's count and sum are theirs.
         bucket.add(group["n"], group["total"], group["changed_at"])
         bucket.took(key, version, points)

@@ -504,5 +504,6 @@ async def test_the_exact_sums_migration_upgrades_rollups_made_before_it(client: 
     more = {
         i["timestamp"] + i["incidentId"]: i for i in (observation(rng, keys) for _ in range(30))
     }
-    await ok(client, RECORD, {"inputs": list(more.values())}, persona="ingest")
+    fresh = [i for key, i in more.items() if key not in inputs]  # a same key, another value: 409
+    await ok(client, RECORD, {"inputs": fresh}, persona="ingest")
     await assert_rollups_exact()
