@@ -642,7 +642,8 @@ async def test_generated_queries_answer_the_same_on_both_paths_for_every_persona
     assert leaks == [], "\n".join(leaks[:5])
     # Otherwise the comparison proves little: most answers would come from the one executor.
     assert share > 0.35, share  # measured: 52-63% over seeds
-    assert all(served[p] / sent[p] > 0.45 for p in PERSONAS), served  # measured: 62-75%
+    # Measured per persona: 62-75% on 2026-11-27; 46-62% on 2026-12-03 (more error cases drawn).
+    assert all(served[p] / sent[p] > 0.40 for p in PERSONAS), served
 
 
 # --- hand-written cases: served, and the same answer ---------------------------------------------
