@@ -464,7 +464,8 @@ def as_utc(value: Any) -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class Points:
-    """A group's values in order, each standing for `weights[i]` observations."""
+    """A group's values, each standing for `weights[i]` observations (in order within one
+    severity; a group of every severity holds one run per severity)."""
 
     values: tuple[float, ...]
     weights: tuple[int, ...]
@@ -765,14 +766,15 @@ async def _summarize_groups(viewer: Viewer, missing: dict[Key, Stats]) -> None:
     s = db.statement()  # placeholders are taken in the text's order (SQLite's are positional)
     sql = (
         f"WITH k AS ({_keys(missing, s)}) "
-        f"SELECT 'g' AS part, {_group_columns('k.severity')} FROM k JOIN kpi_rollup AS r "
+        f"SELECT 'g' AS part, {_group_columns('k.severity')}, NULL AS of_severity "
+        "FROM k JOIN kpi_rollup AS r "
         "ON r.kpi = k.kpi AND r.grain = k.grain AND r.start = k.start "
         "AND (k.severity = '*' OR r.severity = k.severity) "
         "JOIN kpi_definition AS d ON d.slug = r.kpi "
         f"WHERE {policy.visible(viewer, 'd.visibility', s)} "
         "GROUP BY r.kpi, r.grain, k.severity, r.start "
         "UNION ALL SELECT 'o' AS part, k.kpi, k.grain, k.severity, k.start, NULL, NULL, NULL, "
-        "NULL, NULL, o.value FROM k JOIN kpi_observation AS o ON o.kpi = k.kpi "
+        "NULL, NULL, o.value, i.severity FROM k JOIN kpi_observation AS o ON o.kpi = k.kpi "
         "AND o.timestamp >= k.lo AND o.timestamp < k.hi "
         "JOIN incident AS i ON i.id = o.incident "
         "AND (k.severity = '*' OR i.severity = k.severity) "
@@ -780,18 +782,24 @@ async def _summarize_groups(viewer: Viewer, missing: dict[Key, Stats]) -> None:
         f"WHERE {policy.visible(viewer, 'd.visibility', s)}"
     )
     groups: dict[Key, Any] = {}
-    values: dict[Key, list[float]] = {key: [] for key in missing}
+    # A group of every severity is summarized severity by severity (each exact up to POINTS
+    # values), as if its rows had been read apart.
+    values: dict[Key, dict[str, list[float]]] = {key: {} for key in missing}
     for row in await db.fetch(sql, s.args):
         key = (row["kpi"], row["grain"], row["severity"], as_utc(row["start"]))
         if row["part"] == "g":
             groups[key] = row
         elif key in values:
-            values[key].append(row["value"])
+            values[key].setdefault(row["of_severity"], []).append(row["value"])
     for key, bucket in missing.items():
         group = groups.get(key)
         if group is None:
             continue  # emptied and gone since the first read: nothing to add
-        points = summarize(values[key])
+        parts = [summarize(v) for _, v in sorted(values[key].items())]
+        points = Points(
+            tuple(x for part in parts for x in part.values),
+            tuple(w for part in parts for w in part.weights),
+        )
         version = _version(group)
         cache.put(key, version, (points, group["total"]))
         # The same snapshot as the values: the rollup's count and sum are theirs.
