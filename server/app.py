@@ -9,13 +9,12 @@ import logging
 import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from functools import lru_cache, partial
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import orjson
 from aiohttp import web
-from graphql import GraphQLError, OperationDefinitionNode, parse
 from multidict import MultiMapping
 from strawberry.aiohttp.views import GraphQLView
 from strawberry.http import process_result
@@ -24,7 +23,7 @@ from strawberry.types import ExecutionResult
 from registry import db
 from registry.errors import Unauthenticated
 from registry.model import ANONYMOUS
-from schema import MAX_TOKENS, build_schema, schema
+from schema import build_schema, schema
 from schema.context import Context
 from schema.errors import INTERNAL_MESSAGE, TIMEOUT_MESSAGE, UNAVAILABLE_MESSAGE, coded_errors
 from schema.fast_path import FastPath
@@ -43,7 +42,14 @@ from server.metrics import (
     operation_label,
     type_label,
 )
-from server.observe import METRICS, TRACING, fields, operation_name, operation_of
+from server.observe import (
+    METRICS,
+    TRACING,
+    fields,
+    operation_count,
+    operation_name,
+    operation_of,
+)
 from server.tracing import Tracing
 from server.tracing import from_env as tracing_from_env
 
@@ -399,7 +405,7 @@ def operation_refusal(body: dict[str, Any]) -> str | None:
     name = body.get("operationName")
     if isinstance(name, str) and not _NAME.fullmatch(name):
         return "operationName must be the name of an operation in the document."
-    if name is None and _operation_count(body["query"]) > 1:
+    if name is None and operation_count(body["query"]) > 1:
         return "The document holds several operations: name the one to run in operationName."
     return None
 
@@ -422,15 +428,6 @@ def read_query_string(query: MultiMapping[str]) -> dict[str, Any] | None:
         if not isinstance(body["variables"], dict | None):
             return None
     return body
-
-
-@lru_cache(maxsize=256)
-def _operation_count(query: str) -> int:
-    try:
-        document = parse(query, max_tokens=MAX_TOKENS)
-    except GraphQLError:
-        return 1  # the executor reports the syntax error itself
-    return sum(isinstance(d, OperationDefinitionNode) for d in document.definitions)
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:

@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 from aiohttp import web
-from graphql import GraphQLError, OperationDefinitionNode, get_operation_ast, parse
+from graphql import GraphQLError, OperationDefinitionNode, parse
 
 from schema import MAX_TOKENS
 from server import logs
@@ -101,21 +101,42 @@ def operation_name(name: object) -> str | None:
 
 def operation_of(query: str, operation_name: str | None) -> tuple[str | None, str | None]:
     """Return the type and name of the operation a request runs (None where there is none)."""
+    operations = _operations(query)
+    if operations is None:
+        return None, operation_name
+    if operation_name is None:
+        return operations[0] if len(operations) == 1 else (None, None)
+    for kind, name in operations:
+        if name == operation_name:
+            return kind, name
+    return None, operation_name
+
+
+def operation_count(query: str) -> int:
+    """Return how many operations a document holds (1 when it does not parse: the executor
+    reports that)."""
+    operations = _operations(query)
+    return 1 if operations is None else len(operations)
+
+
+def _operations(query: str) -> tuple[tuple[str, str | None], ...] | None:
+    """Return each operation's type and name (None: the document does not parse), parsing a
+    document of at most CACHED_DOCUMENT_CHARS once."""
     if len(query) > CACHED_DOCUMENT_CHARS:
-        return _operation_of(query, operation_name)
-    return _cached_operation_of(query, operation_name)
+        return _parsed_operations(query)
+    return _cached_operations(query)
 
 
-def _operation_of(query: str, operation_name: str | None) -> tuple[str | None, str | None]:
+def _parsed_operations(query: str) -> tuple[tuple[str, str | None], ...] | None:
     try:
         document = parse(query, max_tokens=MAX_TOKENS)
     except GraphQLError:
-        return None, operation_name
-    operation = get_operation_ast(document, operation_name)
-    if not isinstance(operation, OperationDefinitionNode):
-        return None, operation_name
-    name = operation.name.value if operation.name is not None else None
-    return operation.operation.value, name
+        return None
+    return tuple(
+        (d.operation.value, d.name.value if d.name is not None else None)
+        for d in document.definitions
+        if isinstance(d, OperationDefinitionNode)
+    )
 
 
-_cached_operation_of = lru_cache(maxsize=512)(_operation_of)
+_cached_operations = lru_cache(maxsize=512)(_parsed_operations)

@@ -471,11 +471,11 @@ def test_the_multiprocess_directory_is_made_and_only_samples_are_cleared(tmp_pat
 
 
 async def test_long_documents_are_not_kept_by_the_operation_cache(client: TestClient) -> None:
-    from server.observe import CACHED_DOCUMENT_CHARS, _cached_operation_of
+    from server.observe import CACHED_DOCUMENT_CHARS, _cached_operations
 
     long = "query Long { kpis { slug } }" + " " * CACHED_DOCUMENT_CHARS
     await gql(client, "query Short { kpis { slug } }", persona="exec")
-    held = _cached_operation_of.cache_info().currsize
+    held = _cached_operations.cache_info().currsize
     body = await gql(client, long, persona="exec")
     assert body["data"]["kpis"]
-    assert _cached_operation_of.cache_info().currsize == held
+    assert _cached_operations.cache_info().currsize == held
