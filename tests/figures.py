@@ -1,4 +1,7 @@
-"""`python -m tests.figures FILE`: print the security figures the tests recorded, summed by name."""
+"""`python -m tests.figures FILE`: print the security figures the tests recorded.
+
+Counts are summed by name; measurements recorded with `worst=True` show their largest value.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +15,17 @@ def main(path: str) -> None:
     with open(path) as handle:
         for line in handle:
             row = json.loads(line)
-            totals[row["name"]] += row["value"]
+            name, value = row["name"], row["value"]
+            if row.get("how") == "max":
+                totals[name] = max(totals.get(name, value), value)
+            else:
+                totals[name] += value
     width = max((len(name) for name in totals), default=0)
     print("\nSecurity figures")
     for name in sorted(totals):
-        print(f"  {name:<{width}}  {totals[name]:>8}")
+        value = totals[name]
+        shown = f"{value:>8}" if isinstance(value, int) else f"{value:>8.1f}"
+        print(f"  {name:<{width}}  {shown}")
 
 
 if __name__ == "__main__":
