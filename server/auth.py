@@ -216,6 +216,9 @@ class TokenVerifier:
                 },
             )
             check_claims(claims, issuer=s.jwt_issuer)
+            check_lifetime(
+                claims, max_ttl=s.jwt_max_ttl_seconds, leeway=s.jwt_leeway_seconds, now=time.time()
+            )
         except (jwt.PyJWTError, ValueError, TypeError, OverflowError):
             raise Unauthenticated("invalid token") from None
         return claims
@@ -289,6 +292,20 @@ def check_claims(claims: Mapping[str, Any], *, issuer: str | None) -> None:
         raise Unauthenticated("invalid token")
     # PyJWT matches a str issuer exactly but a container by `in`; compare exactly whatever it got.
     if issuer is not None and claims.get("iss") != issuer:
+        raise Unauthenticated("invalid token")
+
+
+def check_lifetime(claims: Mapping[str, Any], *, max_ttl: int, leeway: int, now: float) -> None:
+    """Refuse a token that lives longer than `max_ttl`: one whose `exp` lies further ahead (the
+    issuer's clock may run `leeway` ahead of ours), or that was issued for longer (`exp - iat`).
+
+    A stolen long-lived token is a standing key; the identity provider is asked for short ones.
+    """
+    expires = claims["exp"]
+    if expires - now > max_ttl + leeway:
+        raise Unauthenticated("invalid token")
+    issued = claims.get("iat")
+    if issued is not None and expires - issued > max_ttl:
         raise Unauthenticated("invalid token")
 
 

@@ -123,15 +123,22 @@ def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> No
     "--ttl",
     default=3600,
     show_default=True,
-    type=click.IntRange(1, 86400 * 30),
-    help="Seconds until it expires.",
+    type=click.IntRange(1, 366 * 86400),
+    help="Seconds until it expires (at most MIM_JWT_MAX_TTL, 86400 by default).",
 )
 def token(personas: tuple[str, ...], subject: str, ttl: int) -> None:
     """Print a signed token for local use."""
     from server.auth import issue_token
 
+    settings = _settings()
+    if ttl > settings.jwt_max_ttl_seconds:
+        raise click.BadParameter(
+            f"{ttl} seconds is longer than MIM_JWT_MAX_TTL ({settings.jwt_max_ttl_seconds}): "
+            "the service would refuse the token",
+            param_hint="--ttl",
+        )
     try:
-        click.echo(issue_token(_settings(), personas=personas, subject=subject, ttl_seconds=ttl))
+        click.echo(issue_token(settings, personas=personas, subject=subject, ttl_seconds=ttl))
     except ValueError as error:
         raise click.ClickException(str(error)) from None
 

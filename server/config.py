@@ -36,6 +36,9 @@ class Settings:
     jwt_audience: str | None = None
     jwt_persona_claim: str = "persona"
     jwt_leeway_seconds: int = 30
+    # The longest lifetime a token may have: `exp` at most this far ahead (with the leeway), and
+    # `exp - iat` at most this long when `iat` is present.
+    jwt_max_ttl_seconds: int = 86400
     graphiql: bool = True
     introspection: bool = True
     # Compiled plans answer the queries they cover; off, every request takes the standard path.
@@ -85,6 +88,7 @@ class Settings:
             jwt_audience=env.get("MIM_JWT_AUDIENCE") or None,
             jwt_persona_claim=env.get("MIM_JWT_PERSONA_CLAIM") or "persona",
             jwt_leeway_seconds=_int(env, "MIM_JWT_LEEWAY", 30),
+            jwt_max_ttl_seconds=_max_ttl(env),
             graphiql=_flag(env, "MIM_GRAPHIQL", True),
             introspection=_flag(env, "MIM_INTROSPECTION", True),
             fast_path=_flag(env, "MIM_FAST_PATH", True),
@@ -97,6 +101,18 @@ class Settings:
             log_format=_log_format(env.get("MIM_LOG_FORMAT") or None),
             tracing=_tracing(env),
         )
+
+
+# Bounds of MIM_JWT_MAX_TTL: a minute (shorter leaves no time to use a token) to a year.
+MAX_TTL_RANGE = (60, 366 * 86400)
+
+
+def _max_ttl(env: Mapping[str, str]) -> int:
+    value = _int(env, "MIM_JWT_MAX_TTL", 86400)
+    low, high = MAX_TTL_RANGE
+    if not low <= value <= high:
+        raise ConfigError(f"MIM_JWT_MAX_TTL must be between {low} and {high} seconds")
+    return value
 
 
 def _tracing(env: Mapping[str, str]) -> bool:

@@ -133,6 +133,14 @@ ATTACKS: dict[str, Callable[[], dict[str, str]]] = {
     "alg-none-with-signature": lambda: bearer(alg_none(claims()) + b64url(b"sig")),
     "alg-hs512-not-allowed": lambda: bearer(hmac_signed(claims(), alg="HS512")),
     "expired-beyond-leeway": lambda: bearer(make_token(ttl=-120)),
+    # Lifetimes beyond MIM_JWT_MAX_TTL (a day by default): a standing key if stolen.
+    "exp-a-year-ahead": lambda: bearer(make_token(ttl=365 * DAY)),
+    "exp-a-day-and-a-minute-ahead-without-iat": lambda: bearer(
+        hmac_signed(claims(iat=None, exp=int(time.time()) + DAY + 90))
+    ),
+    "issued-two-hours-ago-for-25-hours": lambda: bearer(
+        hmac_signed(claims(iat=int(time.time()) - 2 * 3600, exp=int(time.time()) + 23 * 3600))
+    ),
     "not-before-in-future-beyond-leeway": lambda: bearer(make_token(nbf=int(time.time()) + 300)),
     "missing-sub": lambda: bearer(make_token(sub=None)),
     "empty-sub": lambda: bearer(make_token(sub="")),
@@ -434,6 +442,73 @@ async def test_time_claim_just_within_the_leeway_is_accepted(
 ) -> None:
     body = await graphql_viewer(leeway_client, hmac_signed(shifted(claim, seconds)))
     assert body["data"]["viewer"]["subject"] == "tester"
+
+
+# --- the longest lifetime ------------------------------------------------------------------------
+
+DAY = 86400
+MAX_TTL = 3600  # not the default, so that the setting is seen to be honoured
+
+
+@pytest.fixture
+async def max_ttl_client() -> AsyncIterator[TestClient]:
+    settings = Settings.from_env({**ENV, "MIM_JWT_MAX_TTL": str(MAX_TTL)})
+    async with TestClient(TestServer(create_app(settings))) as test_client:
+        yield test_client
+
+
+def lifetime(*, issued: int | None, expires: int) -> str:
+    """Return a token issued `issued` seconds from now (None: no iat), expiring in `expires`."""
+    now = int(time.time())
+    return hmac_signed(claims(iat=None if issued is None else now + issued, exp=now + expires))
+
+
+@pytest.mark.parametrize(
+    ("issued", "expires"),
+    [
+        pytest.param(None, MAX_TTL + 30 + MARGIN, id="exp-beyond-max-ttl-and-leeway-no-iat"),
+        pytest.param(0, MAX_TTL + MARGIN, id="issued-now-for-longer-than-max-ttl"),
+        pytest.param(-1800, 1800 + MARGIN, id="issued-earlier-for-longer-than-max-ttl"),
+        pytest.param(-30 * DAY, 60, id="issued-a-month-ago-expiring-in-a-minute"),
+    ],
+)
+async def test_token_living_longer_than_the_max_ttl_is_refused(
+    max_ttl_client: TestClient, issued: int | None, expires: int
+) -> None:
+    token = bearer(lifetime(issued=issued, expires=expires))
+    reference = await reference_401(max_ttl_client)
+    for path in PATHS:
+        response = await call(max_ttl_client, path, token)
+        await assert_unauthenticated(max_ttl_client, response, path)
+        assert await response.text() == reference, f"{path}: the same 401 as every bad token"
+
+
+@pytest.mark.parametrize(
+    ("issued", "expires"),
+    [
+        pytest.param(None, MAX_TTL - MARGIN, id="exp-within-max-ttl-no-iat"),
+        pytest.param(0, MAX_TTL - MARGIN, id="issued-now-within-max-ttl"),
+        pytest.param(-1800, 1800 - MARGIN, id="issued-earlier-within-max-ttl"),
+    ],
+)
+async def test_token_living_within_the_max_ttl_is_accepted(
+    max_ttl_client: TestClient, issued: int | None, expires: int
+) -> None:
+    body = await graphql_viewer(max_ttl_client, lifetime(issued=issued, expires=expires))
+    assert body["data"]["viewer"]["subject"] == "tester"
+
+
+async def test_default_max_ttl_is_a_day(client: TestClient) -> None:
+    within = lifetime(issued=0, expires=DAY - MARGIN)
+    assert (await graphql_viewer(client, within))["data"]["viewer"]["subject"] == "tester"
+    beyond = bearer(lifetime(issued=0, expires=DAY + MARGIN))
+    await assert_unauthenticated(client, await call(client, "post-graphql", beyond))
+
+
+@pytest.mark.parametrize("raw", ["59", "31708801", "a day", "-1", "1.5"])
+def test_max_ttl_outside_its_range_is_refused(raw: str) -> None:
+    with pytest.raises(ConfigError, match="MIM_JWT_MAX_TTL"):
+        Settings.from_env({**ENV, "MIM_JWT_MAX_TTL": raw})
 
 
 # --- issuer and audience -------------------------------------------------------------------------

@@ -91,6 +91,18 @@ def test_token_expires_after_the_given_ttl() -> None:
     assert before + 120 <= int(claims["exp"]) <= after + 120  # type: ignore[call-overload]
 
 
+def test_token_longer_than_the_max_ttl_is_refused_before_it_is_signed() -> None:
+    result = CliRunner().invoke(
+        main,
+        ["token", "--persona", "admin", "--ttl", "7200"],
+        env={"MIM_JWT_SECRET": TEST_SECRET, "MIM_JWT_MAX_TTL": "3600"},
+    )
+    assert result.exit_code == 2, result.output
+    assert "MIM_JWT_MAX_TTL" in result.output and "--ttl" in result.output
+    assert "Traceback" not in result.output
+    assert not any(word.count(".") == 2 for word in result.output.split()), "no token printed"
+
+
 def test_token_with_several_personas_carries_them_all() -> None:
     result = CliRunner().invoke(
         main,
