@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,7 +9,7 @@ from typing import Any
 
 from piccolo.table import Table
 
-from registry import compute, db, policy, validate
+from registry import compute, db, opaque, policy, validate
 from registry import tables as t
 from registry.errors import BadInput, NotFound
 from registry.model import (
@@ -33,7 +31,6 @@ from registry.rows import (
 )
 
 MAX_PAGE = 100
-MAX_ROW_ID = 2**31  # row ids are 32-bit serials on PostgreSQL
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +52,7 @@ async def page(
 ) -> IncidentPage:
     """Return up to `first` incidents newest first, after an opaque cursor."""
     rows, has_next_page = await page_rows(viewer=viewer, first=first, after=after, where=where)
+    await opaque.load()
     incidents = [incident_from_row(row) for row in rows]
     return IncidentPage(
         incidents=incidents,
@@ -81,7 +79,8 @@ async def page_rows(
         end = validate.utc(where.detected_to, "detectedTo")
         clauses.append(f"detected_at < {statement.arg(end)}")
     if after is not None:
-        detected_at, pk = decode_cursor(after)
+        await opaque.load()
+        detected_at, pk = opaque.open_cursor(after)
         clauses.append(
             f"(detected_at < {statement.arg(detected_at)}"
             f" OR (detected_at = {statement.arg(detected_at)} AND id < {statement.arg(pk)}))"
@@ -122,20 +121,7 @@ def encode_cursor(incident: Incident) -> str:
 
 def cursor_for(detected_at: datetime, pk: int) -> str:
     """Return the opaque cursor just past the incident detected then with this row id."""
-    raw = f"{detected_at.isoformat()}|{pk}"
-    return base64.urlsafe_b64encode(raw.encode()).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, int]:
-    """Return the (detected_at, id) a cursor encodes."""
-    try:
-        stamp, _, raw_pk = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        pk = int(raw_pk)
-        if not 0 < pk < MAX_ROW_ID:
-            raise ValueError(raw_pk)
-        return validate.utc(datetime.fromisoformat(stamp), "after"), pk
-    except (ValueError, OverflowError, UnicodeError, binascii.Error, BadInput):
-        raise BadInput("after is not a cursor this service issued") from None
+    return opaque.cursor(detected_at, pk)
 
 
 async def by_key(*, viewer: Viewer, key: str) -> Incident | None:

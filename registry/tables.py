@@ -147,3 +147,14 @@ TABLES: list[type[Table]] = [
     KpiObservation,
     KpiRecompute,
 ]
+
+
+class ServiceKey(Table, tablename="service_key"):
+    """Keys the service makes for itself, one per use (registry/opaque.py), shared by every worker.
+
+    Not in TABLES: no domain data, never emptied or exported with it.
+    """
+
+    name = Varchar(length=64, primary_key=True)
+    secret = Text()
+    created_at = Timestamptz()

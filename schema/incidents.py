@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import strawberry
 
-from registry import incidents, model
+from registry import incidents, model, opaque
 from schema.context import Info
 from schema.enums import Severity
 from schema.fields import from_row
@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 
 @strawberry.type
 class Alert:
-    id: strawberry.ID = from_row("id", value=str)
+    id: strawberry.ID = from_row(
+        "id", value=opaque.alert_id, description="Opaque and stable; reveals no row id."
+    )
     issue_time: datetime = from_row("issue_time")
     source: str | None = from_row("source")
     row: strawberry.Private[Mapping[str, Any]]

@@ -20,7 +20,7 @@ from strawberry.aiohttp.views import GraphQLView
 from strawberry.http import process_result
 from strawberry.types import ExecutionResult
 
-from registry import db
+from registry import db, opaque
 from registry.errors import Unauthenticated
 from registry.model import ANONYMOUS
 from schema import build_schema, schema
@@ -432,6 +432,7 @@ def read_query_string(query: MultiMapping[str]) -> dict[str, Any] | None:
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
     await db.open_engine(statement_timeout_seconds=app[SETTINGS].statement_timeout_seconds)
+    await opaque.load()
     metrics = app.get(METRICS)
     if metrics is None:
         yield

@@ -543,6 +543,7 @@ def cursor(raw: str) -> str:
         base64.urlsafe_b64encode(b"\xff\xfe|1").decode(),
         cursor("2026-03-01T00:00:00+00:00|99999999999999999999999"),
         cursor("9999-12-31T23:59:59-23:59|1"),
+        cursor("2026-03-01T00:00:00+00:00|5"),
     ],
     ids=[
         "word",
@@ -556,6 +557,7 @@ def cursor(raw: str) -> str:
         "not-utf8",
         "id-beyond-bigint",
         "stamp-overflows-utc",
+        "unsealed-cursor-of-an-earlier-release",
     ],
 )
 async def test_a_garbage_after_cursor_is_bad_user_input(client, after) -> None:
@@ -563,6 +565,76 @@ async def test_a_garbage_after_cursor_is_bad_user_input(client, after) -> None:
     body = await gql(client, PAGE, {"first": 2, "after": after}, persona="responder")
     assert codes(body) == ["BAD_USER_INPUT"], body
     assert body["data"] is None
+
+
+BASE64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def unpadded_bytes(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+async def test_every_changed_character_of_a_cursor_is_refused_never_another_page(client) -> None:
+    await make_incidents(client, 9)
+    first = await page(client, first=3)
+    cursor_text = first["pageInfo"]["endCursor"]
+    expected = keys(await page(client, first=3, after=cursor_text))
+    assert len(expected) == 3
+    tried = 0
+    for position, character in enumerate(cursor_text):
+        for replacement in (BASE64URL[(BASE64URL.index(character) + 1) % 64], "A"):
+            if replacement == character:
+                continue
+            forged = cursor_text[:position] + replacement + cursor_text[position + 1 :]
+            body = await gql(client, PAGE, {"first": 3, "after": forged}, persona="responder")
+            assert codes(body) == ["BAD_USER_INPUT"], (position, body)
+            assert body["data"] is None
+            tried += 1
+    for forged in (cursor_text[:-1], cursor_text + "A", cursor_text[::-1]):
+        body = await gql(client, PAGE, {"first": 3, "after": forged}, persona="responder")
+        assert codes(body) == ["BAD_USER_INPUT"], body
+    assert tried >= len(cursor_text)
+    # The genuine cursor still pages on.
+    assert keys(await page(client, first=3, after=cursor_text)) == expected
+
+
+async def test_cursors_and_alert_ids_reveal_no_row_id(client) -> None:
+    await make_incidents(client, 4)
+    incident = await Incident.select(Incident.id, Incident.key).first()
+    assert incident is not None
+    alert = {"incidentId": incident["key"], "issueTime": "2026-01-01T09:00:00Z"}
+    alert_id = (await ok(client, RECORD_ALERT, {"input": alert}))["recordAlert"]["id"]
+    [row] = await Alert.select(Alert.id)
+    assert not alert_id.isdigit()
+    connection = await page(client, first=4)
+    rows = {r["key"]: r["id"] for r in await Incident.select(Incident.id, Incident.key)}
+    for edge in connection["edges"]:
+        pk = rows[edge["node"]["id"]]
+        sealed = unpadded_bytes(edge["cursor"])
+        for plain in (f"|{pk}".encode(), pk.to_bytes(8, "big"), pk.to_bytes(4, "big")):
+            assert plain not in sealed, (edge, plain)
+        assert edge["node"]["detectedAt"][:10].encode() not in sealed
+    assert row["id"].to_bytes(8, "big") not in unpadded_bytes(alert_id)
+    # Stable: the same alert reads back with the same id, on every read.
+    query = "query ($id: ID!) { incident(id: $id) { alerts { id } } }"
+    for _ in range(2):
+        read = await gql(client, query, {"id": incident["key"]}, persona="responder")
+        assert read["data"]["incident"]["alerts"] == [{"id": alert_id}]
+    # An alert id is sealed for another use: it is no cursor.
+    body = await gql(client, PAGE, {"first": 2, "after": alert_id}, persona="responder")
+    assert codes(body) == ["BAD_USER_INPUT"] and body["data"] is None
+
+
+async def test_the_key_is_kept_in_the_database_so_every_worker_seals_alike(client) -> None:
+    from registry import opaque
+    from registry.tables import ServiceKey
+
+    await make_incidents(client, 4)
+    before = (await page(client, first=2))["pageInfo"]["endCursor"]
+    opaque._sealer = None  # as a worker that starts now: it reads the key, it makes none
+    await opaque.load()
+    assert (await page(client, first=2))["pageInfo"]["endCursor"] == before
+    assert await ServiceKey.count() == 1
 
 
 # --- filters ---------------------------------------------------------------------------------
