@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from functools import cache
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -15,7 +16,7 @@ import asyncpg
 from piccolo.engine.base import Engine
 from piccolo.engine.finder import engine_finder
 from piccolo.engine.postgres import PostgresEngine
-from piccolo.engine.sqlite import SQLiteEngine, TransactionType
+from piccolo.engine.sqlite import SQLiteEngine, TransactionType, dict_factory
 
 # Seconds a SQLite connection waits for a competing writer before giving up.
 SQLITE_BUSY_TIMEOUT = 30.0
@@ -34,11 +35,57 @@ def sqlite_path(url: str) -> str:
     return path
 
 
+# The monotonic time by which the current request's statements must be done (None: no limit).
+# Set by the server for each request; PostgreSQL has its own statement_timeout besides.
+deadline: ContextVar[float | None] = ContextVar("mim_statement_deadline", default=None)
+# SQLite calls the progress handler every this many virtual machine steps (a few microseconds).
+PROGRESS_STEPS = 10_000
+
+
+async def guard(connection: aiosqlite.Connection) -> None:
+    """Make a SQLite connection give up (`interrupted`) once the current request's time is up.
+
+    SQLite has no statement timeout, and a cancelled request does not stop the statement its
+    thread runs: the progress handler, checked as the statement runs, ends it at the deadline
+    the request set, so a timed-out request stops using the database.
+    """
+    until = deadline.get()
+    if until is None:
+        return
+    clock = time.monotonic
+    await connection.set_progress_handler(lambda: clock() > until, PROGRESS_STEPS)
+
+
+class GuardedSQLiteEngine(SQLiteEngine):
+    """Piccolo's SQLite engine whose connections are guarded by the request's deadline."""
+
+    async def get_connection(self) -> aiosqlite.Connection:
+        connection = await super().get_connection()
+        await guard(connection)
+        return connection
+
+    async def _run_in_new_connection(
+        self,
+        query: str,
+        args: list[Any] | None = None,
+        query_type: str = "generic",
+        table: Any = None,
+    ) -> Any:
+        # Piccolo's own, with the guard (SQLite 3.35+ returns inserted keys with RETURNING).
+        async with aiosqlite.connect(**self.connection_kwargs) as connection:
+            await guard(connection)
+            await connection.execute("PRAGMA foreign_keys = 1")
+            connection.row_factory = dict_factory  # type: ignore[assignment]
+            async with connection.execute(query, args or []) as cursor:
+                await connection.commit()
+                return await cursor.fetchall()
+
+
 def engine_from_url(url: str) -> Engine:
     """Return the Piccolo engine for a `sqlite://` or `postgresql://` URL."""
     scheme = urlparse(url).scheme
     if scheme == "sqlite":
-        return SQLiteEngine(path=sqlite_path(url), timeout=SQLITE_BUSY_TIMEOUT)
+        return GuardedSQLiteEngine(path=sqlite_path(url), timeout=SQLITE_BUSY_TIMEOUT)
     if scheme in ("postgres", "postgresql"):
         return PostgresEngine(config={"dsn": url}, extensions=())
     raise ValueError(f"unsupported DATABASE_URL scheme {scheme!r}: use sqlite:// or postgresql://")
@@ -127,6 +174,7 @@ async def fetch(sql: str, args: Sequence[Any]) -> Sequence[Mapping[str, Any]]:
             await connection.close()
     assert isinstance(db, SQLiteEngine)
     async with aiosqlite.connect(**db.connection_kwargs) as connection:
+        await guard(connection)
         connection.row_factory = sqlite3.Row
         async with connection.execute(sql, list(args)) as cursor:
             return await cursor.fetchall()  # type: ignore[return-value]
@@ -249,4 +297,6 @@ def is_transient(error: BaseException | None) -> bool:
 
 def is_timeout(error: BaseException | None) -> bool:
     """Return whether the database cancelled a statement that ran past its time limit."""
+    if isinstance(error, sqlite3.OperationalError):
+        return str(error) == "interrupted"  # see guard()
     return isinstance(error, asyncpg.exceptions.QueryCanceledError)

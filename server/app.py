@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
@@ -163,8 +164,12 @@ async def revalidate(request: web.Request, handler: Handler) -> web.StreamRespon
 @web.middleware
 async def mask_faults(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Answer an unexpected exception with a coded INTERNAL error, logging the detail here."""
+    limit = request.app[SETTINGS].request_timeout_seconds
+    # SQLite statements stop at the same moment (registry/db.py guard); PostgreSQL's own
+    # statement_timeout ends theirs.
+    deadline = db.deadline.set(time.monotonic() + limit)
     try:
-        async with asyncio.timeout(request.app[SETTINGS].request_timeout_seconds):
+        async with asyncio.timeout(limit):
             response = await handler(request)
     except web.HTTPRequestEntityTooLarge:
         _refused(request, "body_size")
@@ -199,6 +204,8 @@ async def mask_faults(request: web.Request, handler: Handler) -> web.StreamRespo
             return response
         log.exception("unexpected error serving %s %s", request.method, request.path)
         return error_response(500, "INTERNAL", INTERNAL_MESSAGE)
+    finally:
+        db.deadline.reset(deadline)
     if response.status >= 400 and response.content_type == "text/plain":
         # Transport-level refusals (unsupported content type, no query, ...) get a code too.
         text = response.text if isinstance(response, web.Response) else None
