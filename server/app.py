@@ -29,7 +29,7 @@ from schema.context import Context
 from schema.errors import INTERNAL_MESSAGE, TIMEOUT_MESSAGE, UNAVAILABLE_MESSAGE, coded_errors
 from schema.fast_path import FastPath
 from schema.limits import refused_by, request_refusal
-from server import health, observe, rest, revalidation
+from server import health, observe, rest, revalidation, shed
 from server.auth import TokenVerifier
 from server.config import Settings
 from server.http import VIEWER, error_response
@@ -493,6 +493,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> web.App
         tracing = tracing_from_env(os.environ)
     middlewares = [
         observe.observe,
+        shed.shed,
         refuse_upgrades,
         mask_faults,
         refuse_encoded_bodies,
@@ -514,6 +515,10 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> web.App
     metrics = None
     if settings.metrics:
         app[METRICS] = metrics = Metrics(version=_version(), engine=_engine(settings))
+    app[shed.GATE] = shed.Gate(
+        settings.max_inflight,
+        on_refusal=partial(metrics.refusal, "inflight") if metrics is not None else None,
+    )
     app[RUNNER] = RecomputeRunner(
         poll_seconds=settings.recompute_poll_seconds,
         on_finish=metrics.recompute_finished if metrics is not None else None,

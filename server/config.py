@@ -44,6 +44,8 @@ class Settings:
     # Compiled plans answer the queries they cover; off, every request takes the standard path.
     fast_path: bool = True
     request_timeout_seconds: float = 15.0
+    # Requests a worker serves at once; beyond it, answered at once with 503 UNAVAILABLE.
+    max_inflight: int = 64
     statement_timeout_seconds: float = 10.0
     # How long a definition mutation waits for the recompute it queued before answering with the
     # job still running (it never waits past half the request time limit), and how often each
@@ -93,6 +95,7 @@ class Settings:
             introspection=_flag(env, "MIM_INTROSPECTION", True),
             fast_path=_flag(env, "MIM_FAST_PATH", True),
             request_timeout_seconds=_seconds(env, "MIM_REQUEST_TIMEOUT", 15.0),
+            max_inflight=_max_inflight(env),
             statement_timeout_seconds=_seconds(env, "MIM_STATEMENT_TIMEOUT", 10.0),
             recompute_wait_seconds=_seconds(env, "MIM_RECOMPUTE_WAIT", 2.0, zero=True),
             recompute_poll_seconds=_seconds(env, "MIM_RECOMPUTE_POLL", 5.0, zero=True),
@@ -112,6 +115,13 @@ def _max_ttl(env: Mapping[str, str]) -> int:
     low, high = MAX_TTL_RANGE
     if not low <= value <= high:
         raise ConfigError(f"MIM_JWT_MAX_TTL must be between {low} and {high} seconds")
+    return value
+
+
+def _max_inflight(env: Mapping[str, str]) -> int:
+    value = _int(env, "MIM_MAX_INFLIGHT", 64)
+    if not 1 <= value <= 100_000:
+        raise ConfigError("MIM_MAX_INFLIGHT must be between 1 and 100000 requests")
     return value
 
 

@@ -55,7 +55,7 @@ CODES = frozenset(
     }
 )
 OPERATION_TYPES = frozenset({"query", "mutation", "subscription"})
-LIMITS = ("depth", "aliases", "tokens", "cost", "list_size", "body_size", "timeout")
+LIMITS = ("depth", "aliases", "tokens", "cost", "list_size", "body_size", "timeout", "inflight")
 RECOMPUTE_STATES = ("queued", "running", "done", "failed")
 # How long a scrape waits for the recompute jobs' progress before leaving it out.
 PROGRESS_SECONDS = 2.0
@@ -129,7 +129,7 @@ class Metrics:
         self.refused = Counter(
             "mim_requests_refused",
             "Requests refused by a limit: depth, aliases, tokens, cost, list_size, body_size, "
-            "timeout.",
+            "timeout, inflight.",
             ["limit"],
             registry=into,
         )
