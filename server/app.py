@@ -493,7 +493,6 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> web.App
         tracing = tracing_from_env(os.environ)
     middlewares = [
         observe.observe,
-        shed.shed,
         refuse_upgrades,
         mask_faults,
         refuse_encoded_bodies,
@@ -502,6 +501,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> web.App
     ]
     if tracing is not None:
         middlewares.insert(0, tracing.middleware)  # the request's span holds everything else
+    middlewares.insert(0, shed.shed)  # a refusal costs nothing else (server/shed.py)
     app = web.Application(
         middlewares=middlewares,
         # Room for long tokens, so that an oversized one meets the 401 and not a parser error.

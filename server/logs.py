@@ -25,6 +25,8 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, RequestKey, StreamResponse
 from pythonjsonlogger.orjson import OrjsonFormatter
 
+from server.shed import SHED
+
 # Records waiting for the writer thread before new ones are dropped.
 QUEUE_SIZE = 10_000
 FORMATS = ("text", "json")
@@ -139,6 +141,8 @@ class AccessLogger(AbstractAccessLogger):
     """One line per request: the request line, status, size and time, with the request's fields."""
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        if request.get(SHED):
+            return  # counted, and logged once a second (server/shed.py)
         fields = request.get(FIELDS_KEY) or {}
         version = request.version
         # The path without its query string: a caller may put a token there (and the GraphQL
