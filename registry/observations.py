@@ -193,21 +193,30 @@ def _check_batch_duplicates(inputs: Sequence[ObservationInput]) -> None:
 
 async def _known_slugs(viewer: Viewer, slugs: set[str]) -> set[str]:
     lookups = [s for s in slugs if validate.is_slug(s)]
-    rows = await KpiDefinition.select(KpiDefinition.slug).where(
+    rows = await KpiDefinition.select(KpiDefinition.slug, KpiDefinition.status).where(
         policy.visible(viewer, KpiDefinition.visibility), KpiDefinition.slug.is_in(lookups or [""])
     )
     known = {row["slug"] for row in rows}
     unknown = sorted(slugs - known)
     if unknown:
         raise BadInput(f"unknown KPI slug {unknown[0]!r}")
+    retired = sorted(row["slug"] for row in rows if row["status"] != "active")
+    if retired:
+        raise BadInput(f"KPI {retired[0]!r} is retired: it takes no new observations")
     return known
 
 
 async def _incident_pks(keys: set[str]) -> dict[str, int]:
     for key in keys:
         validate.incident_key(key)
-    rows = await Incident.select(Incident.id, Incident.key).where(Incident.key.is_in(list(keys)))
-    found = {row["key"]: row["id"] for row in rows}
+    query = Incident.select(Incident.id, Incident.key).where(Incident.key.is_in(list(keys)))
+    if not db.is_sqlite():
+        # Held until the batch commits: a concurrent change of these incidents' severity (whose
+        # trigger moves their observations between rollup groups) waits for the batch, and the
+        # batch for it, so no observation is left counted under a severity it no longer has.
+        # SQLite writers take turns already. Locked in one order, so batches cannot deadlock.
+        query = query.order_by(Incident.id).lock_rows("SHARE", of=(Incident,))
+    found = {row["key"]: row["id"] for row in await query}
     missing = sorted(keys - found.keys())
     if missing:
         raise BadInput(f"unknown incident {missing[0]!r}")
