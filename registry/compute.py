@@ -68,7 +68,7 @@ async def computed_kpis(slugs: Sequence[str] | None = None) -> list[ComputedKpi]
     """Return the definitions that have an expression, compiled."""
     query = KpiDefinition.select(
         KpiDefinition.slug, KpiDefinition.version, KpiDefinition.expression
-    ).where(KpiDefinition.expression.is_not_null())
+    ).where(KpiDefinition.expression.is_not_null(), KpiDefinition.status == "active")
     if slugs is not None:
         query = query.where(KpiDefinition.slug.is_in(list(slugs) or [""]))
     rows = await query.order_by(KpiDefinition.slug)
@@ -93,7 +93,9 @@ async def backfill(
     if slugs is not None:
         missing = sorted(set(slugs) - {k.slug for k in kpis})
         if missing:
-            raise NotFound(f"unknown KPI slug, or one without an expression: {missing[0]!r}")
+            raise NotFound(
+                f"unknown KPI slug, or one without an expression or retired: {missing[0]!r}"
+            )
     return await run(kpis, since=since, batch_size=batch_size, progress=progress)
 
 

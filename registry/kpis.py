@@ -15,6 +15,7 @@ from registry.model import (
     Definition,
     FieldChange,
     KpiScope,
+    KpiStatus,
     Revision,
     Severity,
     Summary,
@@ -44,9 +45,11 @@ PUBLIC_NAMES = {
     "visibility": "visibility",
     "owner": "owner",
     "review_cadence": "reviewCadence",
+    "status": "status",
     "last_reviewed_at": "lastReviewedAt",
 }
-EDITABLE = tuple(f for f in PUBLIC_NAMES if f not in ("slug", "last_reviewed_at"))
+# Changed by updateKpiDefinition; the status by retirement and reactivation only.
+EDITABLE = tuple(f for f in PUBLIC_NAMES if f not in ("slug", "last_reviewed_at", "status"))
 MAX_TARGETS = 50
 MAX_DATA_SOURCES = 50
 
@@ -75,6 +78,7 @@ async def definition_rows(
     columns: Sequence[str] = DEFINITION_COLUMNS,
     visibility: Visibility | None = None,
     slugs: Sequence[str] | None = None,
+    include_retired: bool = True,
 ) -> Sequence[Mapping[str, Any]]:
     """Return the rows of the definitions the viewer may see, by slug: only `columns`."""
     statement = db.statement()
@@ -84,6 +88,8 @@ async def definition_rows(
     )
     if visibility is not None:
         sql += f" AND visibility = {statement.arg(visibility.value)}"
+    if not include_retired:
+        sql += f" AND status = {statement.arg(KpiStatus.ACTIVE.value)}"
     if slugs is not None:
         slugs = sorted({s for s in slugs if validate.is_slug(s)})
         if not slugs:
@@ -110,10 +116,12 @@ async def review_dues(*, viewer: Viewer) -> tuple[datetime, ...]:
 
 
 async def list_definitions(
-    *, viewer: Viewer, visibility: Visibility | None = None
+    *, viewer: Viewer, visibility: Visibility | None = None, include_retired: bool = False
 ) -> list[Definition]:
-    """Return the definitions the viewer may see, by slug."""
-    found = await definition_rows(viewer=viewer, visibility=visibility)
+    """Return the definitions the viewer may see, by slug: the active ones unless asked."""
+    found = await definition_rows(
+        viewer=viewer, visibility=visibility, include_retired=include_retired
+    )
     return [definition_from_row(row) for row in found]
 
 
@@ -222,12 +230,40 @@ async def update_definition(
         if not changes:
             return current
         await _bump(current, _stored(values), changes, viewer.subject, note)
-        if any(c.field == "expression" for c in changes):
+        # A retired KPI is computed no more; reactivation computes it from its expression then.
+        if current.status is KpiStatus.ACTIVE and any(c.field == "expression" for c in changes):
             if values["expression"] is None:
                 await compute.forget_kpi(slug)
                 await recompute.cancel(slug)
             else:
                 await recompute.queue(slug, current.version + 1)
+    return await _require(viewer, slug)
+
+
+async def set_status(
+    *, viewer: Viewer, slug: str, status: KpiStatus, note: str | None
+) -> Definition:
+    """Retire a KPI or make it active again, with a revision; admins only.
+
+    A retired KPI keeps its history and observations and still answers by slug, but is left out
+    of lists, computed no more and takes no new observations. Reactivation recomputes it from its
+    expression (or, without one, forgets what an earlier expression computed), as an expression
+    change does.
+    """
+    policy.require(viewer, policy.Action.DEFINE)
+    note = validate.optional_text(note, "note", max_length=4000)
+    async with db.transaction():
+        current = await _require(viewer, slug)
+        if current.status is status:
+            return current
+        change = FieldChange("status", _encode(current.status), _encode(status))
+        await _bump(current, {"status": status.value}, [change], viewer.subject, note)
+        if status is KpiStatus.RETIRED:
+            await recompute.cancel(slug)
+        elif current.expression is None:
+            await compute.forget_kpi(slug)
+        else:
+            await recompute.queue(slug, current.version + 1)
     return await _require(viewer, slug)
 
 
@@ -355,7 +391,7 @@ def _encode(value: Any) -> str | None:
     """Return a field value JSON-encoded as revisions record it."""
     if value is None:
         return None
-    if isinstance(value, Visibility):
+    if isinstance(value, Visibility | KpiStatus):
         value = value.value
     elif isinstance(value, datetime):
         value = value.isoformat()

@@ -27,6 +27,13 @@ class Persona(enum.Enum):
     ADMIN = "admin"
 
 
+class KpiStatus(enum.Enum):
+    """ACTIVE: computed, ingested, listed. RETIRED: kept with its history, answered by slug."""
+
+    ACTIVE = "active"
+    RETIRED = "retired"
+
+
 class Severity(enum.Enum):
     P1 = "P1"
     P2 = "P2"
@@ -99,6 +106,7 @@ class Definition:
     visibility: Visibility
     owner: str
     review_cadence: str
+    status: KpiStatus
     last_reviewed_at: datetime | None
     review_due_at: datetime | None
     version: int

@@ -67,13 +67,15 @@ async def request(*, viewer: Viewer, slug: str) -> None:
     """Queue a recompute of one KPI from incident data; admins only."""
     policy.require(viewer, policy.Action.DEFINE)
     if not validate.is_slug(slug):
-        raise BadInput(f"unknown KPI slug, or one without an expression: {slug!r}")
+        raise BadInput(f"unknown KPI slug, or one without an expression or retired: {slug!r}")
     async with db.transaction():
         rows = await KpiDefinition.select(KpiDefinition.version).where(
-            KpiDefinition.slug == slug, KpiDefinition.expression.is_not_null()
+            KpiDefinition.slug == slug,
+            KpiDefinition.expression.is_not_null(),
+            KpiDefinition.status == "active",
         )
         if not rows:
-            raise BadInput(f"unknown KPI slug, or one without an expression: {slug!r}")
+            raise BadInput(f"unknown KPI slug, or one without an expression or retired: {slug!r}")
         await queue(slug, rows[0]["version"])
 
 

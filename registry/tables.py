@@ -30,6 +30,7 @@ class KpiDefinition(Table, tablename="kpi_definition"):
     visibility = Varchar(length=16, index=True)
     owner = Varchar(length=200)
     review_cadence = Varchar(length=64)
+    status = Varchar(length=16, default="active")  # active or retired
     last_reviewed_at = Timestamptz(null=True, default=None)
     version = Integer(default=1)
     created_at = Timestamptz()

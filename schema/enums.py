@@ -4,11 +4,26 @@ from __future__ import annotations
 
 import strawberry
 
-from registry.model import Comparison, Persona, RecomputeState, Severity, Visibility
+from registry.model import (
+    Comparison,
+    KpiStatus,
+    Persona,
+    RecomputeState,
+    Severity,
+    Visibility,
+)
 from registry.trends import Bucket
 
-for _domain_enum in (Visibility, Persona, Severity, Comparison, Bucket, RecomputeState):
+for _domain_enum in (Visibility, Persona, Severity, Comparison, Bucket, RecomputeState, KpiStatus):
     strawberry.enum(_domain_enum)
 
 
-__all__ = ["Bucket", "Comparison", "Persona", "RecomputeState", "Severity", "Visibility"]
+__all__ = [
+    "Bucket",
+    "Comparison",
+    "KpiStatus",
+    "Persona",
+    "RecomputeState",
+    "Severity",
+    "Visibility",
+]

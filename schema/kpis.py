@@ -12,7 +12,15 @@ from registry import kpis, model, policy, recompute, trends
 from registry.errors import BadInput
 from registry.rows import REVIEW_DUE_COLUMNS, review_due, review_overdue, string_tuple
 from schema.context import Info
-from schema.enums import Bucket, Comparison, Persona, RecomputeState, Severity, Visibility
+from schema.enums import (
+    Bucket,
+    Comparison,
+    KpiStatus,
+    Persona,
+    RecomputeState,
+    Severity,
+    Visibility,
+)
 from schema.fields import from_row
 
 
@@ -171,6 +179,12 @@ class KpiDefinitionType:
     visibility: Visibility = from_row("visibility", value=Visibility)
     owner: str = from_row("owner")
     review_cadence: str = from_row("review_cadence", description="ISO 8601 duration, e.g. P90D")
+    status: KpiStatus = from_row(
+        "status",
+        value=KpiStatus,
+        description="RETIRED: kept with its history and observations, answered by slug, left "
+        "out of kpis unless includeRetired, computed no more, taking no new observations.",
+    )
     last_reviewed_at: datetime | None = from_row("last_reviewed_at")
     review_due_at: datetime | None = from_row(*REVIEW_DUE_COLUMNS, value=review_due)
     review_overdue: bool = from_row(
@@ -261,9 +275,16 @@ class KpiQuery:
 
     @strawberry.field
     async def kpis(
-        self, info: Info, visibility: Visibility | None = None
+        self,
+        info: Info,
+        visibility: Visibility | None = None,
+        include_retired: Annotated[
+            bool, strawberry.argument(description="Also list retired KPIs.")
+        ] = False,
     ) -> list[KpiDefinitionType]:
-        found = await kpis.list_definitions(viewer=info.context.viewer, visibility=visibility)
+        found = await kpis.list_definitions(
+            viewer=info.context.viewer, visibility=visibility, include_retired=include_retired
+        )
         return [KpiDefinitionType.of(d) for d in found]
 
     @strawberry.field
@@ -369,6 +390,29 @@ class KpiMutation:
             skipped=job.skipped,
             recompute=KpiRecompute.of(job),
         )
+
+    @strawberry.mutation(
+        description="Retire a KPI: kept with its history, left out of lists, computed no more."
+    )
+    async def retire_kpi_definition(
+        self, info: Info, slug: str, note: str | None = None
+    ) -> KpiDefinitionType:
+        retired = await kpis.set_status(
+            viewer=info.context.viewer, slug=slug, status=KpiStatus.RETIRED, note=note
+        )
+        return KpiDefinitionType.of(retired)
+
+    @strawberry.mutation(
+        description="Make a retired KPI active again; it is recomputed from its expression."
+    )
+    async def reactivate_kpi_definition(
+        self, info: Info, slug: str, note: str | None = None
+    ) -> KpiDefinitionType:
+        active = await kpis.set_status(
+            viewer=info.context.viewer, slug=slug, status=KpiStatus.ACTIVE, note=note
+        )
+        await info.context.settle(slug)
+        return KpiDefinitionType.of(active)
 
     @strawberry.mutation
     async def mark_kpi_reviewed(

@@ -365,11 +365,13 @@ class _Compiler:
         shape, columns = self.definition("", nodes)
 
         async def resolve(run: Run) -> Any:
-            visibility = args(run).get("visibility")
+            given = args(run)
+            visibility = given.get("visibility")
             rows = await kpis.definition_rows(
                 viewer=run.viewer,
                 columns=columns,
                 visibility=None if visibility is None else Visibility(visibility),
+                include_retired=bool(given.get("includeRetired")),
             )
             await shape.prefetch(rows, run)
             return [shape.build(row, run) for row in rows]

@@ -42,6 +42,16 @@ def _one(request: web.Request, name: str) -> str | None:
     return given[0] if given else None
 
 
+def _flag(request: web.Request, name: str) -> bool:
+    """`?name=true` or `false` (absent: false), as the GraphQL argument of the same name."""
+    raw = _one(request, name)
+    if raw is None or raw == "false":
+        return False
+    if raw == "true":
+        return True
+    raise BadInput(f"{name} must be true or false")
+
+
 def _visibility(request: web.Request) -> Visibility | None:
     """`?visibility=EXEC` (or `exec`): only definitions of that visibility, within the caller's."""
     raw = _one(request, "visibility")
@@ -59,7 +69,9 @@ async def list_kpis(request: web.Request) -> web.Response:
         return same
     try:
         found = await kpis.list_definitions(
-            viewer=viewer_of(request), visibility=_visibility(request)
+            viewer=viewer_of(request),
+            visibility=_visibility(request),
+            include_retired=_flag(request, "includeRetired"),
         )
     except AppError as error:
         return _app_error(error)
