@@ -217,6 +217,7 @@ async def surveys_rows(pks: Sequence[int]) -> dict[int, list[SurveyResponse]]:
 async def alerts_for(*, viewer: Viewer, pks: Sequence[int]) -> dict[int, list[Alert]]:
     """Return each incident's alerts, for a reader."""
     policy.require(viewer, policy.Action.READ)
+    await opaque.load()  # their ids are sealed
     return await alerts_rows(pks)
 
 
@@ -299,6 +300,7 @@ async def record_alert(
     policy.require(viewer, policy.Action.INGEST)
     issued = validate.utc(issue_time, "issueTime")
     source = validate.optional_text(source, "source", max_length=200)
+    await opaque.load()  # its id is sealed
     async with db.transaction():
         pk = await _incident_pk(incident_key)
         rows = await t.Alert.insert(

@@ -13,7 +13,7 @@ from graphql.error import GraphQLError
 from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRule
 from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 
-from registry import db
+from registry import db, opaque
 from registry.errors import AppError
 from registry.model import Viewer
 from schema import CACHE_SIZE, MAX_TOKENS, MimSchema
@@ -81,6 +81,7 @@ class FastPath:
         if plan is None or request_refusal(query, operation_name, variables) is not None:
             return None  # the executor refuses oversized argument lists in its own words
         try:
+            await opaque.load()  # cursors and alert ids are sealed as rows are written out
             data = await plan.run(viewer, variables or {})
         except (Fallback, AppError):
             return None  # the standard executor reports the error in its own words

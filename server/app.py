@@ -439,7 +439,12 @@ def read_query_string(query: MultiMapping[str]) -> dict[str, Any] | None:
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
     await db.open_engine(statement_timeout_seconds=app[SETTINGS].statement_timeout_seconds)
-    await opaque.load()
+    try:
+        await opaque.load()
+    except Exception as error:
+        # Not migrated yet, or the database is down: the service starts all the same (/readyz
+        # says why), and the key is read when an answer first needs it.
+        log.warning("the service key is not readable yet: %s", type(error).__name__)
     metrics = app.get(METRICS)
     if metrics is None:
         yield
