@@ -34,16 +34,19 @@ def main() -> None:
 
 @main.command()
 def migrate() -> None:
-    """Bring the database schema up to date."""
-    _run(_migrate())
+    """Bring the database schema up to date (one process at a time; a newer database is refused)."""
+    from registry import migrate as migrations
+    from registry.errors import AppError
 
+    def waiting() -> None:
+        click.echo("another mim migrate holds the migration lock; waiting for it", err=True)
 
-async def _migrate() -> None:
-    from piccolo.apps.migrations.commands.forwards import run_forwards
-
-    response = await run_forwards(app_name="mim")
-    if not response.success:
-        raise click.ClickException(response.message or "migration failed")
+    try:
+        ran = _run(migrations.migrate(waiting=waiting))
+    except AppError as error:
+        raise click.ClickException(error.message) from None
+    plural = "" if len(ran) == 1 else "s"
+    click.echo(f"applied {len(ran)} migration{plural}" if ran else "the database is up to date")
 
 
 MAX_WORKERS = 64
