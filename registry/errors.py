@@ -4,9 +4,11 @@ from __future__ import annotations
 
 
 class AppError(Exception):
-    """An error whose message is safe to show the caller."""
+    """An error whose message is safe to show the caller (and its details, if any)."""
 
     code = "INTERNAL"
+    # More for a client to act on, sent as the error's extensions beside the code.
+    details: dict[str, object] | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

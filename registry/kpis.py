@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -193,7 +194,7 @@ async def summaries(
 async def create_definition(*, viewer: Viewer, fields: Mapping[str, Any]) -> Definition:
     """Create a definition at version 1 with its first revision; admins only."""
     policy.require(viewer, policy.Action.DEFINE)
-    values = _checked({**fields, "slug": validate.slug(fields["slug"])}, creating=True)
+    values = checked({**fields, "slug": validate.slug(fields["slug"])}, creating=True)
     now = datetime.now(UTC)
     async with db.transaction():
         if await KpiDefinition.exists().where(KpiDefinition.slug == values["slug"]):
@@ -202,7 +203,7 @@ async def create_definition(*, viewer: Viewer, fields: Mapping[str, Any]) -> Def
             KpiDefinition(**_stored(values), version=1, created_at=now, updated_at=now)
         )
         changes = [
-            FieldChange(PUBLIC_NAMES[f], None, _encode(values[f]))
+            FieldChange(PUBLIC_NAMES[f], None, encode(values[f]))
             for f in PUBLIC_NAMES
             if f in values
         ]
@@ -218,14 +219,14 @@ async def update_definition(
 ) -> Definition:
     """Apply the given fields; a change bumps the version and records a revision."""
     policy.require(viewer, policy.Action.DEFINE)
-    values = _checked(fields, creating=False)
+    values = checked(fields, creating=False)
     note = validate.optional_text(note, "note", max_length=4000)
     async with db.transaction():
         current = await _require(viewer, slug)
         changes = [
-            FieldChange(PUBLIC_NAMES[f], _encode(getattr(current, f)), _encode(v))
+            FieldChange(PUBLIC_NAMES[f], encode(getattr(current, f)), encode(v))
             for f, v in values.items()
-            if _encode(getattr(current, f)) != _encode(v)
+            if encode(getattr(current, f)) != encode(v)
         ]
         if not changes:
             return current
@@ -256,7 +257,7 @@ async def set_status(
         current = await _require(viewer, slug)
         if current.status is status:
             return current
-        change = FieldChange("status", _encode(current.status), _encode(status))
+        change = FieldChange("status", encode(current.status), encode(status))
         await _bump(current, {"status": status.value}, [change], viewer.subject, note)
         if status is KpiStatus.RETIRED:
             await recompute.cancel(slug)
@@ -267,6 +268,142 @@ async def set_status(
     return await _require(viewer, slug)
 
 
+class PlanAction(enum.Enum):
+    """What applying a definitions file does to one KPI (registry/definitions_file.py)."""
+
+    CREATE = "create"
+    CHANGE = "change"
+    RETIRE = "retire"
+    REACTIVATE = "reactivate"
+    UNCHANGED = "unchanged"
+    ABSENT = "absent"  # in the registry, not in the file: left alone
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedKpi:
+    slug: str
+    action: PlanAction
+    changes: tuple[FieldChange, ...] = ()
+
+
+# The fields a definitions file gives, in the seed page's order (and the status).
+FILE_FIELDS = (*EDITABLE, "status")
+
+
+async def plan_definitions(
+    *, viewer: Viewer, desired: Sequence[Mapping[str, Any]]
+) -> list[PlannedKpi]:
+    """Return what applying `desired` (checked values of every FILE_FIELDS, and the slug)
+    would change, KPI by KPI; admins only."""
+    policy.require(viewer, policy.Action.DEFINE)
+    return _plan(desired, await _current())
+
+
+async def apply_definitions(
+    *, viewer: Viewer, desired: Sequence[Mapping[str, Any]], note: str, author: str
+) -> list[PlannedKpi]:
+    """Apply `desired` in one transaction: each created or changed KPI gets one revision by
+    `author` with `note`, recomputed as updateKpiDefinition would; admins only."""
+    policy.require(viewer, policy.Action.DEFINE)
+    note = validate.text(note, "note", max_length=4000)
+    author = validate.text(author, "author", max_length=200)
+    async with db.transaction():
+        current = await _current()
+        plan = _plan(desired, current)
+        now = datetime.now(UTC)
+        by_slug = {values["slug"]: values for values in desired}
+        for planned in plan:
+            values = by_slug.get(planned.slug)
+            if values is None or planned.action is PlanAction.UNCHANGED:
+                continue
+            if planned.action is PlanAction.CREATE:
+                await _insert(values, now, author, note)
+            else:
+                await _change(current[planned.slug], values, planned.changes, author, note)
+    return plan
+
+
+async def _current() -> dict[str, Definition]:
+    """Every definition, retired ones too, read in the caller's transaction if there is one."""
+    rows = await KpiDefinition.select(*(getattr(KpiDefinition, c) for c in DEFINITION_COLUMNS))
+    return {row["slug"]: definition_from_row(row) for row in rows}
+
+
+def _plan(
+    desired: Sequence[Mapping[str, Any]], current: Mapping[str, Definition]
+) -> list[PlannedKpi]:
+    plan = []
+    for values in desired:
+        slug = values["slug"]
+        found = current.get(slug)
+        if found is None:
+            plan.append(PlannedKpi(slug, PlanAction.CREATE, _field_changes(None, values)))
+            continue
+        changes = _field_changes(found, values)
+        action = PlanAction.CHANGE if changes else PlanAction.UNCHANGED
+        if values["status"] is not found.status:
+            retiring = values["status"] is KpiStatus.RETIRED
+            action = PlanAction.RETIRE if retiring else PlanAction.REACTIVATE
+        plan.append(PlannedKpi(slug, action, changes))
+    named = {values["slug"] for values in desired}
+    plan += [PlannedKpi(slug, PlanAction.ABSENT) for slug in current if slug not in named]
+    return sorted(plan, key=lambda p: p.slug)
+
+
+def _field_changes(found: Definition | None, values: Mapping[str, Any]) -> tuple[FieldChange, ...]:
+    changes = []
+    for name in FILE_FIELDS:
+        before = encode(getattr(found, name)) if found is not None else None
+        after = encode(values[name])
+        if found is None or before != after:
+            changes.append(FieldChange(PUBLIC_NAMES[name], before, after))
+    return tuple(changes)
+
+
+async def _insert(values: Mapping[str, Any], now: datetime, who: str, note: str | None) -> None:
+    """Create a definition at version 1 with its first revision, in the caller's transaction."""
+    fields = {name: values[name] for name in (*EDITABLE, "slug")}
+    status = values.get("status", KpiStatus.ACTIVE)
+    await KpiDefinition.insert(
+        KpiDefinition(
+            **_stored(fields), status=status.value, version=1, created_at=now, updated_at=now
+        )
+    )
+    changes = [FieldChange(PUBLIC_NAMES[f], None, encode(v)) for f, v in fields.items()]
+    if status is not KpiStatus.ACTIVE:
+        changes.append(FieldChange("status", None, encode(status)))
+    await _record_revision(fields["slug"], 1, now, who, note, changes)
+    if fields["expression"] is not None and status is KpiStatus.ACTIVE:
+        # Computed in the background (registry/recompute.py): this commits at once.
+        await recompute.queue(fields["slug"], 1)
+
+
+async def _change(
+    current: Definition,
+    values: Mapping[str, Any],
+    changes: Sequence[FieldChange],
+    who: str,
+    note: str | None,
+) -> None:
+    """Give a definition the values whose `changes` were planned, with one revision, and keep
+    its observations as the change asks: recomputed when its expression changes or it comes
+    back, no longer computed when retired."""
+    stored = _stored({f: values[f] for f in EDITABLE})
+    status: KpiStatus = values["status"]
+    await _bump(current, {**stored, "status": status.value}, list(changes), who, note)
+    if status is KpiStatus.RETIRED:
+        await recompute.cancel(current.slug)
+        return
+    recompute_needed = status is not current.status or any(c.field == "expression" for c in changes)
+    if not recompute_needed:
+        return
+    if values["expression"] is None:
+        await compute.forget_kpi(current.slug)
+        await recompute.cancel(current.slug)
+    else:
+        await recompute.queue(current.slug, current.version + 1)
+
+
 async def mark_reviewed(*, viewer: Viewer, slug: str, note: str | None) -> Definition:
     """Record that the definition was re-validated now; the next review is due a cadence later."""
     policy.require(viewer, policy.Action.DEFINE)
@@ -274,7 +411,7 @@ async def mark_reviewed(*, viewer: Viewer, slug: str, note: str | None) -> Defin
     async with db.transaction():
         current = await _require(viewer, slug)
         now = datetime.now(UTC)
-        change = FieldChange("lastReviewedAt", _encode(current.last_reviewed_at), _encode(now))
+        change = FieldChange("lastReviewedAt", encode(current.last_reviewed_at), encode(now))
         await _bump(current, {"last_reviewed_at": now}, [change], viewer.subject, note, now=now)
     return await _require(viewer, slug)
 
@@ -317,7 +454,7 @@ async def _require(viewer: Viewer, slug: str) -> Definition:
     return found
 
 
-def _checked(fields: Mapping[str, Any], *, creating: bool) -> dict[str, Any]:
+def checked(fields: Mapping[str, Any], *, creating: bool) -> dict[str, Any]:
     """Return the given fields validated; on create every required field must be present."""
     values = dict(fields)
     for name in (
@@ -387,7 +524,7 @@ def _stored(values: Mapping[str, Any]) -> dict[str, Any]:
     return stored
 
 
-def _encode(value: Any) -> str | None:
+def encode(value: Any) -> str | None:
     """Return a field value JSON-encoded as revisions record it."""
     if value is None:
         return None

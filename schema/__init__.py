@@ -23,6 +23,7 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext, ExecutionResult
 from strawberry.types.graphql import OperationType
 
+from schema.definitions import DefinitionsMutation
 from schema.incidents import IncidentMutation, IncidentQuery
 from schema.kpis import KpiMutation, KpiQuery
 from schema.limits import MAX_TOKENS, ListArguments, QueryCost, request_refusal
@@ -49,7 +50,7 @@ class Query(KpiQuery, IncidentQuery):
 
 
 @strawberry.type
-class Mutation(KpiMutation, IncidentMutation, ObservationMutation):
+class Mutation(KpiMutation, DefinitionsMutation, IncidentMutation, ObservationMutation):
     pass
 
 

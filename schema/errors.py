@@ -21,7 +21,10 @@ def coded(error: GraphQLError) -> GraphQLError:
     """Return the error as the client should see it, with `extensions.code`."""
     original = error.original_error
     if isinstance(original, AppError):
-        return _with_code(error, original.code, original.message)
+        coded_error = _with_code(error, original.code, original.message)
+        if original.details:
+            coded_error.extensions = {**original.details, **(coded_error.extensions or {})}
+        return coded_error
     if db.is_timeout(original):
         return _with_code(error, "TIMEOUT", TIMEOUT_MESSAGE)
     if db.is_transient(original):

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from registry.model import Persona, Viewer
-from server import logs
+from server import definitions_cli, logs
 from server.config import ConfigError, Settings
 
 
@@ -173,6 +173,15 @@ def demo(count: int, seed: int, if_empty: bool) -> None:
 @main.group()
 def kpi() -> None:
     """KPI definitions."""
+
+
+for _command in (
+    definitions_cli.export,
+    definitions_cli.plan,
+    definitions_cli.apply,
+    definitions_cli.docs,
+):
+    kpi.add_command(_command)
 
 
 @kpi.command("list")
