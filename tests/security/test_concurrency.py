@@ -26,6 +26,7 @@ from registry.tables import (
     TimelineEvent,
 )
 from tests.conftest import codes, make_token
+from tests.registry.test_rollups import assert_rollups_exact
 
 pytestmark = pytest.mark.security
 
@@ -526,3 +527,93 @@ async def test_many_milestones_of_one_name_at_once_give_one_row(client: Any, fig
     figure("rows lost or duplicated", abs(len(rows) - 1))
     assert len(rows) == 1, rows
     assert utc(rows[0]["committed_eta"]) in etas
+
+
+# --- ingest racing severity changes of the same incidents -----------------------------------
+
+SEVERITY_RACE_INCIDENTS = ("INC-S0", "INC-S1")
+SEVERITY_RACE_WRITERS = 4
+# Each flip changes every racing incident's severity, P1 to P2 or back; an odd number, so they
+# end on P2. The code before d716cd3 left rows under the old severity in nearly every flip.
+SEVERITY_RACE_FLIPS = 15
+
+
+def severity_race_batch(writer: int, batch: int) -> list[dict[str, Any]]:
+    """Ten observations of each racing incident, at instants no other batch uses."""
+    inputs = []
+    for n, key in enumerate(SEVERITY_RACE_INCIDENTS):
+        for i in range(10):
+            serial = ((writer * 10_000 + batch) * len(SEVERITY_RACE_INCIDENTS) + n) * 10 + i
+            inputs.append(
+                {
+                    "kpiSlug": "mtta",
+                    "incidentId": key,
+                    "timestamp": iso(INGESTED_AT + timedelta(minutes=serial)),
+                    "value": 0.25 + serial % 97,
+                    "source": f"severity-race-{writer}",
+                }
+            )
+    return inputs
+
+
+def severity_input(key: str, severity: str) -> dict[str, Any]:
+    return {"id": key, "title": key, "severity": severity, "detectedAt": iso(DETECTED)}
+
+
+async def test_ingest_racing_severity_changes_leaves_rollups_equal_to_the_raw_rows(
+    client: Any, figure: Any
+) -> None:
+    """Observation batches for two incidents while their severity flips: the severity trigger
+    moves the rows of every batch that commits around it, none stays under the old severity."""
+    for key in SEVERITY_RACE_INCIDENTS:
+        await ok(client, UPSERT, {"input": severity_input(key, "P1")})
+    flipped = asyncio.Event()
+    answers: list[Answer] = []
+    acknowledged: list[tuple[str, str, datetime, float]] = []
+
+    async def writer(w: int) -> None:
+        batch = 0
+        while not flipped.is_set():
+            inputs = severity_race_batch(w, batch)
+            answer = await send(client, f"writer {w} #{batch}", RECORD_MANY, {"inputs": inputs})
+            answers.append(answer)
+            batch += 1
+            if answer.ok:
+                acknowledged.extend(
+                    (
+                        i["kpiSlug"],
+                        i["incidentId"],
+                        datetime.fromisoformat(i["timestamp"]),
+                        i["value"],
+                    )
+                    for i in inputs
+                )
+
+    async def flipper() -> None:
+        for flip in range(SEVERITY_RACE_FLIPS):
+            severity = ("P2", "P1")[flip % 2]
+            for key in SEVERITY_RACE_INCIDENTS:
+                variables = {"input": severity_input(key, severity)}
+                answers.append(await send(client, f"{key} to {severity}", UPSERT, variables))
+        flipped.set()
+
+    await asyncio.gather(flipper(), *(writer(w) for w in range(SEVERITY_RACE_WRITERS)))
+    figure("concurrent writes sent", len(answers))
+    assert all(a.ok for a in answers), [a for a in answers if not a.ok][:5]
+    assert len(acknowledged) > 10 * SEVERITY_RACE_WRITERS * len(SEVERITY_RACE_INCIDENTS)
+    severities = await Incident.select(Incident.key, Incident.severity).where(
+        Incident.key.is_in(list(SEVERITY_RACE_INCIDENTS))
+    )
+    assert {r["key"]: r["severity"] for r in severities} == dict.fromkeys(
+        SEVERITY_RACE_INCIDENTS, "P2"
+    )
+
+    keys = {row["id"]: row["key"] for row in await Incident.select(Incident.id, Incident.key)}
+    stored = [
+        (r["kpi"], keys[r["incident"]], utc(r["timestamp"]), r["value"])
+        for r in await KpiObservation.select().where(KpiObservation.source.like("severity-race-%"))
+    ]
+    missing, extra = lost_or_duplicated(acknowledged, stored)
+    figure("rows lost or duplicated", missing + extra)
+    assert (missing, extra) == (0, 0), f"{missing} acknowledged rows lost, {extra} stray"
+    await assert_rollups_exact()
