@@ -132,6 +132,54 @@ async def get_definition(*, viewer: Viewer, slug: str) -> Definition | None:
     return found.get(slug)
 
 
+async def definition_as_of(*, viewer: Viewer, slug: str, as_of: datetime) -> Definition | None:
+    """Return the definition as it stood at `as_of`, rebuilt from its revisions (every field and
+    the version then); None before it existed, or when the viewer may not see it as it stood
+    then, or now (a KPI made internal since stays hidden from exec personas, history and all)."""
+    moment = validate.utc(as_of, "asOf")
+    if await get_definition(viewer=viewer, slug=slug) is None:
+        return None
+    rows = await (
+        KpiRevision.select()
+        .where(KpiRevision.kpi == slug, KpiRevision.changed_at <= moment)
+        .order_by(KpiRevision.version)
+        .output(load_json=True)
+    )
+    if not rows:
+        return None
+    then: dict[str, Any] = {
+        "expression": None,
+        "targets": [],
+        "data_sources": [],
+        "status": KpiStatus.ACTIVE.value,
+        "last_reviewed_at": None,
+    }
+    for row in rows:
+        for change in row["changes"] or []:
+            name = _FIELD_OF.get(change["field"])
+            if name is not None:
+                after = change["after"]
+                then[name] = None if after is None else json.loads(after)
+    if then.get("last_reviewed_at") is not None:
+        then["last_reviewed_at"] = datetime.fromisoformat(then["last_reviewed_at"])
+    then.update(
+        slug=slug,
+        version=rows[-1]["version"],
+        created_at=rows[0]["changed_at"],
+        updated_at=rows[-1]["changed_at"],
+    )
+    missing = [c for c in DEFINITION_COLUMNS if c not in then]
+    if missing:
+        return None  # revisions that do not describe it whole (none the service writes)
+    if Visibility(then["visibility"]) not in policy.visibilities(viewer):
+        return None
+    return definition_from_row(then)
+
+
+# Revisions name fields as clients do; the columns they are kept in.
+_FIELD_OF = {public: name for name, public in PUBLIC_NAMES.items()}
+
+
 async def definitions_by_slug(*, viewer: Viewer, slugs: Sequence[str]) -> dict[str, Definition]:
     """Return the visible definitions among `slugs`, keyed by slug."""
     found = await definition_rows(viewer=viewer, slugs=slugs)

@@ -215,7 +215,8 @@ class KpiDefinitionType:
     @strawberry.field(description="Newest first: the audit trail.")
     async def revisions(self, info: Info) -> list[KpiRevision]:
         found = await info.context.loaders.revisions.load(self.definition.slug)
-        return [KpiRevision.of(r) for r in found]
+        # A definition as of a date (kpi(asOf:)) has the revisions up to its version.
+        return [KpiRevision.of(r) for r in found if r.version <= self.definition.version]
 
     # summary and series check their window before anything is awaited, so that when several
     # KPIs of a list refuse it, the error reported is always the first KPI's.
@@ -288,8 +289,25 @@ class KpiQuery:
         return [KpiDefinitionType.of(d) for d in found]
 
     @strawberry.field
-    async def kpi(self, info: Info, slug: str) -> KpiDefinitionType | None:
-        found = await kpis.get_definition(viewer=info.context.viewer, slug=slug)
+    async def kpi(
+        self,
+        info: Info,
+        slug: str,
+        as_of: Annotated[
+            datetime | None,
+            strawberry.argument(
+                name="asOf",
+                description="The definition as it stood then (every field, its version), "
+                "rebuilt from the revisions; null before the KPI existed or when the caller "
+                "may not see it as it stood then.",
+            ),
+        ] = None,
+    ) -> KpiDefinitionType | None:
+        viewer = info.context.viewer
+        if as_of is not None:
+            then = await kpis.definition_as_of(viewer=viewer, slug=slug, as_of=as_of)
+            return KpiDefinitionType.of(then) if then else None
+        found = await kpis.get_definition(viewer=viewer, slug=slug)
         return KpiDefinitionType.of(found) if found else None
 
 
