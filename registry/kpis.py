@@ -137,11 +137,16 @@ async def definition_as_of(*, viewer: Viewer, slug: str, as_of: datetime) -> Def
     the version then); None before it existed, or when the viewer may not see it as it stood
     then, or now (a KPI made internal since stays hidden from exec personas, history and all)."""
     moment = validate.utc(as_of, "asOf")
-    if await get_definition(viewer=viewer, slug=slug) is None:
+    if not validate.is_slug(slug):
         return None
     rows = await (
         KpiRevision.select()
-        .where(KpiRevision.kpi == slug, KpiRevision.changed_at <= moment)
+        .where(
+            # Visible now (the KPI's current visibility), and below: visible then.
+            policy.visible(viewer, KpiRevision.kpi._.visibility),
+            KpiRevision.kpi == slug,
+            KpiRevision.changed_at <= moment,
+        )
         .order_by(KpiRevision.version)
         .output(load_json=True)
     )

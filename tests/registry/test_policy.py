@@ -38,6 +38,7 @@ UNFILTERED = {
     "registry.setbased._write_sqlite": "writes computed rows in SQL",
     "registry.setbased._batch_members": "a condition of the two statements above",
     "registry.kpis.create_definition": "an admin's write checks whether the slug is taken",
+    "registry.kpis._current": "an admin's plan or apply, after policy.require(DEFINE)",
     "registry.observations._stored": "ingest's check of the keys it writes (slugs already checked)",
     "registry.recompute.request": "an admin's request, after policy.require(DEFINE)",
     "registry.rollups._apply": "the triggers' write of a change into the rollups",
