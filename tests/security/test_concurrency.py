@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,8 +25,17 @@ from registry.tables import (
     SurveyResponse,
     TimelineEvent,
 )
-from tests.conftest import codes, make_token
+from server.config import Settings
+from tests.conftest import ENV, codes, make_token
 from tests.registry.test_rollups import assert_rollups_exact
+
+
+@pytest.fixture
+def settings() -> Settings:
+    """The app of these tests admits every request they send at once (200 and more): they test
+    how the database serializes concurrent writes; shedding is tests/server/test_shed.py's."""
+    return replace(Settings.from_env(ENV), max_inflight=10_000)
+
 
 pytestmark = pytest.mark.security
 
