@@ -197,10 +197,12 @@ class KpiDefinitionType:
     updated_at: datetime = from_row("updated_at")
     definition: strawberry.Private[model.Definition]
     row: strawberry.Private[Mapping[str, Any]]
+    # Set for a definition as of a date: its revisions are those up to its version.
+    historical: strawberry.Private[bool] = False
 
     @classmethod
-    def of(cls, d: model.Definition) -> KpiDefinitionType:
-        return cls(definition=d, row=d.row)
+    def of(cls, d: model.Definition, *, historical: bool = False) -> KpiDefinitionType:
+        return cls(definition=d, row=d.row, historical=historical)
 
     def target_list(self) -> list[KpiTarget]:
         return [t for t in map(KpiTarget.of, self.definition.targets) if t is not None]
@@ -215,8 +217,9 @@ class KpiDefinitionType:
     @strawberry.field(description="Newest first: the audit trail.")
     async def revisions(self, info: Info) -> list[KpiRevision]:
         found = await info.context.loaders.revisions.load(self.definition.slug)
-        # A definition as of a date (kpi(asOf:)) has the revisions up to its version.
-        return [KpiRevision.of(r) for r in found if r.version <= self.definition.version]
+        if self.historical:
+            found = [r for r in found if r.version <= self.definition.version]
+        return [KpiRevision.of(r) for r in found]
 
     # summary and series check their window before anything is awaited, so that when several
     # KPIs of a list refuse it, the error reported is always the first KPI's.
@@ -306,7 +309,7 @@ class KpiQuery:
         viewer = info.context.viewer
         if as_of is not None:
             then = await kpis.definition_as_of(viewer=viewer, slug=slug, as_of=as_of)
-            return KpiDefinitionType.of(then) if then else None
+            return KpiDefinitionType.of(then, historical=True) if then else None
         found = await kpis.get_definition(viewer=viewer, slug=slug)
         return KpiDefinitionType.of(found) if found else None
 
