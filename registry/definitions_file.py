@@ -136,6 +136,8 @@ class _Reader:
         self.loader = loader
         self.problems: list[Problem] = []
         self._seen: set[int] = set()
+        # (mapping, key) pairs whose value was an alias: reported once, not again as missing.
+        self._aliased: set[tuple[int, str]] = set()
 
     def problem(self, node: yaml.Node, kpi: str | None, field: str | None, message: str) -> None:
         self.problems.append(Problem(node.start_mark.line + 1, kpi, field, message))
@@ -191,6 +193,11 @@ class _Reader:
             if key in found:
                 self.problem(key_node, kpi, key, "given twice")
                 continue
+            if value_node.start_mark.line < key_node.start_mark.line:
+                # The value starts before its key: an alias of a value anchored earlier.
+                self.problem(key_node, kpi, key, "anchors and aliases are not allowed")
+                self._aliased.add((id(node), key))
+                continue
             found[key] = (key_node, value_node)
         return found
 
@@ -208,7 +215,12 @@ class _Reader:
         if not isinstance(node, yaml.ScalarNode):
             self.problem(node, kpi, field, "must be a single value")
             return False, None
-        return True, self.loader.construct_object(node)
+        try:
+            return True, self.loader.construct_object(node)
+        except (yaml.YAMLError, ValueError, TypeError, AttributeError, OverflowError):
+            # An explicit tag (`!!int abc`, `!custom x`) that makes no value.
+            self.problem(node, kpi, field, f"not a value (tag {node.tag})")
+            return False, None
 
     def text(self, node: yaml.Node, kpi: str | None, field: str, *, null: bool = False) -> Any:
         ok, value = self.scalar(node, kpi, field)
@@ -234,10 +246,10 @@ class _Reader:
         return allowed[value]
 
     def entry(self, node: yaml.Node, number: int) -> dict[str, Any] | None:
-        given = self.mapping(node, f"#{number}", None)
+        kpi = _slug_in(node) or f"#{number}"
+        given = self.mapping(node, kpi, None)
         if given is None:
             return None
-        kpi = f"#{number}"
         if "slug" in given:
             raw = self.text(given["slug"][1], kpi, "slug")
             if raw is not _MISSING:
@@ -252,7 +264,7 @@ class _Reader:
                 known = ", ".join(FIELDS)
                 self.problem(key_node, kpi, name, f"unknown field (the fields are {known})")
         for name in REQUIRED:
-            if name not in given:
+            if name not in given and (id(node), name) not in self._aliased:
                 self.problem(node, kpi, name, "missing")
         values: dict[str, Any] = {}
         for name, (_, value_node) in given.items():
@@ -324,7 +336,7 @@ class _Reader:
             if key not in TARGET_KEYS:
                 self.problem(key_node, kpi, f"targets.{key}", "unknown key")
         for key in ("comparison", "threshold"):
-            if key not in given:
+            if key not in given and (id(node), key) not in self._aliased:
                 self.problem(node, kpi, f"targets.{key}", "missing")
         parts: dict[str, Any] = {}
         choices: dict[str, Mapping[str, Any]] = {
@@ -364,11 +376,41 @@ class _Reader:
 _MISSING: Any = object()
 
 
+def _slug_in(node: yaml.Node) -> str | None:
+    """Return the text an entry gives as its slug, to name it by in problems (else None)."""
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    for key, value in node.value:
+        if (
+            isinstance(key, yaml.ScalarNode)
+            and key.value == "slug"
+            and isinstance(value, yaml.ScalarNode)
+            and value.tag == "tag:yaml.org,2002:str"
+        ):
+            return str(value.value)
+    return None
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes text holding a character YAML reads as a line break (NEL, LS, PS) double-quoted,
+    where it is escaped, so that the file reads back as exported."""
+
+
+def _text(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    if any(ch in value for ch in "\x85\u2028\u2029"):
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style='"')
+    return dumper.represent_str(value)
+
+
+_Dumper.add_representer(str, _text)
+
+
 def export(definitions: Sequence[Definition]) -> str:
     """Return the definitions as a definitions file: by slug, fields in the page's order."""
     entries = [_entry(d) for d in sorted(definitions, key=lambda d: d.slug)]
-    body = yaml.safe_dump(
+    body = yaml.dump(
         {"kpis": entries},
+        Dumper=_Dumper,
         sort_keys=False,
         allow_unicode=True,
         default_flow_style=False,

@@ -63,6 +63,7 @@ class DefinitionsMutation:
         dry_run: bool = False,
     ) -> DefinitionsPlan:
         viewer = info.context.viewer
+        policy.require(viewer, policy.Action.DEFINE)  # before anything of the request is judged
         if dry_run:
             plan = await kpis.plan_definitions(viewer=viewer, desired=_parsed(viewer, document))
         else:
