@@ -83,7 +83,8 @@ def _intro(now: datetime, viewer: Viewer) -> str:
         "# KPI Source of Truth\n\n"
         "The human-readable source for every KPI we track. This page is generated from the KPI"
         " registry (the database the API serves); do not edit it by hand: change a definition"
-        " through the API and generate the page again.\n\n"
+        " in the definitions file (`mim kpi apply`, docs/definitions-as-code.md) or through"
+        " the API, and generate the page again.\n\n"
         f"Generated at {_minute(now)} UTC, as seen by {_personas(viewer)}.\n"
     )
 
