@@ -5,16 +5,23 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+AUDIT := tests/http_audit
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml $(AUDIT)/package-lock.json | cksum | cut -d' ' -f1)
 
 .PHONY: setup run test lint schema security clean
 
 setup: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock pyproject.toml $(AUDIT)/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	@# graphql-http's audit of the GraphQL over HTTP spec (tests/server/test_graphql_over_http.py).
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix $(AUDIT) --no-audit --no-fund --silent; \
+	else \
+		echo "npm not found: the GraphQL over HTTP audit test will be skipped"; \
+	fi
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -46,7 +53,7 @@ test: lint
 # concurrent writes and rows found, faults injected and recovered.
 security: setup
 	rm -f .security-figures.jsonl
-	TEST_DATABASE_URL="$${TEST_DATABASE_URL:-$$TEST_POSTGRES_URL}" \
+	TEST_DATABASE_URL="$${TEST_DATABASE_URL:-$$TEST_POSTGRES_URL}" MIM_LEAK_SIZE=full \
 		MIM_FIGURES_FILE=$(CURDIR)/.security-figures.jsonl $(BIN)/pytest -q -m security
 	$(BIN)/python -m tests.figures .security-figures.jsonl
 

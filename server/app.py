@@ -29,7 +29,7 @@ from schema.context import Context
 from schema.errors import INTERNAL_MESSAGE, TIMEOUT_MESSAGE, UNAVAILABLE_MESSAGE, coded_errors
 from schema.fast_path import FastPath
 from schema.limits import refused_by, request_refusal
-from server import health, observe, rest, revalidation, shed
+from server import health, media, observe, rest, revalidation, shed
 from server.auth import TokenVerifier
 from server.config import Settings
 from server.http import VIEWER, error_response
@@ -302,6 +302,9 @@ class MimGraphQLView(GraphQLView[Context, None]):
                     span.set_attribute("mim.graphql.path", operation["path"])
                     if operation["code"] is not None:
                         span.set_attribute("mim.graphql.error_code", operation["code"])
+        if media.response_type(request.headers.get("Accept")) == media.GRAPHQL_RESPONSE:
+            response = media.as_graphql_response(response)
+        response.headers.add("Vary", "Accept")
         if refusal is not None:
             operation.update(path="refused", code="BAD_USER_INPUT")
         elif response.status >= 400 and operation["code"] is None:
@@ -404,6 +407,8 @@ def read_body(raw: bytes) -> tuple[dict[str, Any], str | None]:
         return {}, "Batched requests are not accepted: send one operation per request."
     if not isinstance(body, dict) or not isinstance(body.get("query"), str):
         return {}, "The request body must be a JSON object with a query string."
+    if not isinstance(body.get("extensions"), dict | None):
+        return {}, "extensions must be a JSON object."
     return body, operation_refusal(body)
 
 
