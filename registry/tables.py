@@ -159,3 +159,11 @@ class ServiceKey(Table, tablename="service_key"):
     name = Varchar(length=64, primary_key=True)
     secret = Text()
     created_at = Timestamptz()
+
+
+class PersistedQuery(Table, tablename="persisted_query"):
+    """A GraphQL document by its SHA-256 (registry/persisted.py); not domain data, not in TABLES."""
+
+    hash = Varchar(length=64, primary_key=True)
+    document = Text()
+    used_at = Timestamptz(index=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import orjson
 from aiohttp import web
 from multidict import MultiMapping
 from strawberry.aiohttp.views import GraphQLView
-from strawberry.http import process_result
+from strawberry.http import GraphQLRequestData, process_result
 from strawberry.types import ExecutionResult
 
 from registry import db, opaque
@@ -29,7 +30,7 @@ from schema.context import Context
 from schema.errors import INTERNAL_MESSAGE, TIMEOUT_MESSAGE, UNAVAILABLE_MESSAGE, coded_errors
 from schema.fast_path import FastPath
 from schema.limits import refused_by, request_refusal
-from server import health, media, observe, rest, revalidation, shed
+from server import health, media, observe, persisted, rest, revalidation, shed
 from server.auth import TokenVerifier
 from server.config import Settings
 from server.http import VIEWER, error_response
@@ -62,6 +63,8 @@ FAST_PATH = web.AppKey("fast_path", FastPath)
 RUNNER = web.AppKey("recompute_runner", RecomputeRunner)
 OWNS_TRACING = web.AppKey("owns_tracing", bool)
 OPERATION = web.RequestKey("operation", dict)
+# The document a request runs, once a persisted query's hash is resolved (MimGraphQLView._read).
+DOCUMENT = web.RequestKey("document", str)
 
 UNAUTHENTICATED_BODY = json.dumps(
     {
@@ -90,6 +93,7 @@ def _is_ide_page(request: web.Request) -> bool:
         and not _is_upgrade(request)
         and request.path == "/graphql"
         and "query" not in request.query
+        and "extensions" not in request.query  # a persisted query's hash
         and "text/html" in request.headers.get("Accept", "")
     )
 
@@ -326,13 +330,26 @@ class MimGraphQLView(GraphQLView[Context, None]):
             body, refusal = read_body(await request.read())
             if refusal is not None:
                 return None, error_response(400, "BAD_USER_INPUT", refusal)
-            return body, None
-        if request.method == "GET":
+            found: dict[str, Any] | None = body
+        elif request.method == "GET":
             found = read_query_string(request.query)
-            if found is not None and (refusal := operation_refusal(found)) is not None:
-                return None, error_response(400, "BAD_USER_INPUT", refusal)
-            return found, None
-        return None, None
+        else:
+            return None, None
+        if found is None:
+            return None, None
+        # A persisted query's hash becomes its document here; then the document is judged as if
+        # it had been sent in full.
+        resolved, answer = await persisted.resolve(found)
+        if answer is not None or resolved is None:
+            return None, answer
+        if (refusal := operation_refusal(resolved)) is not None:
+            return None, error_response(400, "BAD_USER_INPUT", refusal)
+        restricted = request.app[SETTINGS].trusted_personas
+        if not persisted.trusted(request.get(VIEWER), resolved, restricted):
+            _refused(request, "untrusted")
+            return None, persisted.untrusted()
+        request[DOCUMENT] = resolved["query"]
+        return resolved, None
 
     async def _answer(
         self, request: web.Request, body: dict[str, Any] | None, operation: dict[str, Any]
@@ -355,6 +372,20 @@ class MimGraphQLView(GraphQLView[Context, None]):
                 operation["path"] = "plan"
                 return web.Response(body=answer, content_type="application/json", charset="utf-8")
         return await super().__call__(request)
+
+    def should_render_graphql_ide(self, request: Any) -> bool:
+        # A GET with a persisted query's hash and no text is a request, not a visit to the IDE.
+        return "extensions" not in request.query_params and super().should_render_graphql_ide(
+            request
+        )
+
+    async def parse_http_body(self, request: Any) -> Any:
+        found = await super().parse_http_body(request)
+        document = request.request.get(DOCUMENT)
+        if isinstance(found, GraphQLRequestData) and document is not None:
+            # The document of a persisted query's hash, resolved (and judged) by _read.
+            return dataclasses.replace(found, query=document)
+        return found
 
     def encode_json(self, data: object) -> bytes:
         # The encoder of the fast path, so both paths write the same bytes (UTF-8, not \u escapes).
@@ -405,11 +436,14 @@ def read_body(raw: bytes) -> tuple[dict[str, Any], str | None]:
         return {}, "The request body is not valid JSON."
     if isinstance(body, list):
         return {}, "Batched requests are not accepted: send one operation per request."
-    if not isinstance(body, dict) or not isinstance(body.get("query"), str):
+    if not isinstance(body, dict):
         return {}, "The request body must be a JSON object with a query string."
     if not isinstance(body.get("extensions"), dict | None):
         return {}, "extensions must be a JSON object."
-    return body, operation_refusal(body)
+    query = body.get("query")
+    if not isinstance(query, str) and not (query is None and persisted.persisted_query(body)):
+        return {}, "The request body must be a JSON object with a query string."
+    return body, None
 
 
 def operation_refusal(body: dict[str, Any]) -> str | None:
@@ -428,10 +462,18 @@ def read_query_string(query: MultiMapping[str]) -> dict[str, Any] | None:
     Anything unusual (a parameter given twice, variables that are not a JSON object) is left to
     the standard executor, which answers it in its own words.
     """
-    names = ("query", "operationName", "variables")
-    if "query" not in query or any(len(query.getall(name, ())) > 1 for name in names):
+    names = ("query", "operationName", "variables", "extensions")
+    if any(len(query.getall(name, ())) > 1 for name in names):
         return None
-    body: dict[str, Any] = {"query": query["query"], "operationName": query.get("operationName")}
+    extensions = persisted.query_extensions(query["extensions"]) if "extensions" in query else None
+    if "query" not in query and (extensions is None or "persistedQuery" not in extensions):
+        return None
+    body: dict[str, Any] = {
+        "query": query.get("query"),
+        "operationName": query.get("operationName"),
+    }
+    if extensions is not None:
+        body["extensions"] = extensions
     if "variables" in query:
         try:
             body["variables"] = json.loads(query["variables"])

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from registry.model import Persona
 from server import logs, tracing
 
 DEFAULT_DATABASE_URL = "sqlite:///mim.sqlite3"
@@ -44,6 +46,8 @@ class Settings:
     # Compiled plans answer the queries they cover; off, every request takes the standard path.
     fast_path: bool = True
     request_timeout_seconds: float = 15.0
+    # Personas whose tokens may run only the operations the project ships (server/persisted.py).
+    trusted_personas: frozenset[Persona] = frozenset()
     # Requests a worker serves at once; beyond it, answered at once with 503 UNAVAILABLE.
     max_inflight: int = 64
     statement_timeout_seconds: float = 10.0
@@ -57,6 +61,8 @@ class Settings:
     metrics_token: str | None = None
     log_format: str = "text"
     tracing: bool = False
+    # Origins of browser apps that may call /graphql and the REST mirror (server/cors.py).
+    cors_origins: tuple[str, ...] = ()
 
     @property
     def recompute_wait(self) -> float:
@@ -96,6 +102,7 @@ class Settings:
             fast_path=_flag(env, "MIM_FAST_PATH", True),
             request_timeout_seconds=_seconds(env, "MIM_REQUEST_TIMEOUT", 15.0),
             max_inflight=_max_inflight(env),
+            trusted_personas=_personas(env, "MIM_TRUSTED_OPERATIONS"),
             statement_timeout_seconds=_seconds(env, "MIM_STATEMENT_TIMEOUT", 10.0),
             recompute_wait_seconds=_seconds(env, "MIM_RECOMPUTE_WAIT", 2.0, zero=True),
             recompute_poll_seconds=_seconds(env, "MIM_RECOMPUTE_POLL", 5.0, zero=True),
@@ -103,6 +110,7 @@ class Settings:
             metrics_token=_metrics_token(env.get("MIM_METRICS_TOKEN") or None),
             log_format=_log_format(env.get("MIM_LOG_FORMAT") or None),
             tracing=_tracing(env),
+            cors_origins=_origins(env.get("MIM_CORS_ORIGINS", "")),
         )
 
 
@@ -118,6 +126,15 @@ def _max_ttl(env: Mapping[str, str]) -> int:
     return value
 
 
+def _personas(env: Mapping[str, str], name: str) -> frozenset[Persona]:
+    names = [part.strip() for part in env.get(name, "").split(",") if part.strip()]
+    known = {p.value: p for p in Persona}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"{name}: unknown personas {unknown}; use {', '.join(known)}")
+    return frozenset(known[n] for n in names)
+
+
 def _max_inflight(env: Mapping[str, str]) -> int:
     value = _int(env, "MIM_MAX_INFLIGHT", 64)
     if not 1 <= value <= 100_000:
@@ -130,6 +147,32 @@ def _tracing(env: Mapping[str, str]) -> bool:
         return tracing.wanted(env)
     except tracing.TracingUnavailable as refusal:
         raise ConfigError(str(refusal)) from None
+
+
+# An origin as a browser sends it: scheme://host[:port], nothing after it.
+_ORIGIN = re.compile(r"([a-z][a-z0-9+.-]*)://(\[[0-9a-f:.]+\]|[a-z0-9][a-z0-9.-]*)(?::([0-9]{1,5}))?")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    """Return MIM_CORS_ORIGINS's origins as browsers write them (lower case, no default port)."""
+    found: list[str] = []
+    for given in filter(None, (part.strip() for part in raw.split(","))):
+        if given == "*":
+            raise ConfigError("MIM_CORS_ORIGINS: '*' is not accepted; list each origin exactly")
+        match = _ORIGIN.fullmatch(given.lower())
+        port = int(match[3]) if match is not None and match[3] is not None else None
+        if match is None or port is not None and not 0 < port < 65536:
+            raise ConfigError(
+                f"MIM_CORS_ORIGINS: {given!r} is not an origin; write scheme://host[:port] "
+                "without path or trailing slash, e.g. https://dash.example.com"
+            )
+        origin = f"{match[1]}://{match[2]}"
+        if port is not None and port != _DEFAULT_PORTS.get(match[1]):
+            origin += f":{port}"
+        if origin not in found:
+            found.append(origin)
+    return tuple(found)
 
 
 def _metrics_token(token: str | None) -> str | None:

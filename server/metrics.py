@@ -55,7 +55,17 @@ CODES = frozenset(
     }
 )
 OPERATION_TYPES = frozenset({"query", "mutation", "subscription"})
-LIMITS = ("depth", "aliases", "tokens", "cost", "list_size", "body_size", "timeout", "inflight")
+LIMITS = (
+    "depth",
+    "aliases",
+    "tokens",
+    "cost",
+    "list_size",
+    "body_size",
+    "timeout",
+    "inflight",
+    "untrusted",
+)
 RECOMPUTE_STATES = ("queued", "running", "done", "failed")
 # How long a scrape waits for the recompute jobs' progress before leaving it out.
 PROGRESS_SECONDS = 2.0
@@ -129,7 +139,7 @@ class Metrics:
         self.refused = Counter(
             "mim_requests_refused",
             "Requests refused by a limit: depth, aliases, tokens, cost, list_size, body_size, "
-            "timeout, inflight.",
+            "timeout, inflight, untrusted.",
             ["limit"],
             registry=into,
         )
