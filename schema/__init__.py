@@ -44,12 +44,18 @@ MAX_ALIASES = 15
 CACHE_SIZE = 256
 
 
-@strawberry.type
+@strawberry.type(
+    description="Reads, for every known persona (a token naming none gets FORBIDDEN). A KPI "
+    "the caller may not see does not exist for it."
+)
 class Query(KpiQuery, IncidentQuery):
     pass
 
 
-@strawberry.type
+@strawberry.type(
+    description="Writes: definition mutations and backfillKpi for admins; incident and "
+    "observation mutations for ingest and admin. A rejected mutation writes nothing."
+)
 class Mutation(KpiMutation, DefinitionsMutation, IncidentMutation, ObservationMutation):
     pass
 

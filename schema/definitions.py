@@ -12,22 +12,22 @@ import strawberry
 
 from registry import definitions_file, kpis, policy
 from registry.errors import BadInput
-from registry.kpis import PlanAction
 from registry.model import Viewer
 from schema.context import Info
+from schema.enums import PlanAction
 from schema.kpis import FieldChange
-
-strawberry.enum(PlanAction)
 
 
 @strawberry.type(description="What applying a definitions file does (or did) to one KPI.")
 class PlannedKpi:
-    slug: str
+    slug: str = strawberry.field(description="The KPI's slug.")
     action: PlanAction = strawberry.field(
         description="ABSENT: in the registry but not in the file, left alone."
     )
     changes: list[FieldChange] = strawberry.field(
-        description="Field by field, before and after, JSON-encoded as revisions record them."
+        description="Field by field, before and after, JSON-encoded as revisions record them: "
+        "every field of the file for CREATE, the fields that differ otherwise, none for "
+        "UNCHANGED and ABSENT."
     )
 
     @classmethod
@@ -41,26 +41,50 @@ class PlannedKpi:
         )
 
 
-@strawberry.type
+@strawberry.type(description="What applying a definitions file does, or did, KPI by KPI.")
 class DefinitionsPlan:
-    changed: bool = strawberry.field(description="Whether applying changes (or changed) anything.")
-    applied: bool = strawberry.field(description="False for a dry run.")
-    kpis: list[PlannedKpi]
+    changed: bool = strawberry.field(
+        description="Whether applying creates, changes, retires or reactivates any KPI (or did)."
+    )
+    applied: bool = strawberry.field(
+        description="True when the file was applied; false for a dry run, which writes nothing."
+    )
+    kpis: list[PlannedKpi] = strawberry.field(
+        description="Every KPI in the file or in the registry, retired ones included, by slug."
+    )
 
 
 @strawberry.type
 class DefinitionsMutation:
     @strawberry.mutation(
-        description="Plan (dryRun) or apply a definitions file, all or nothing; admins only. "
-        "Each created or changed KPI gets one revision by the token's subject with the note. An "
-        "invalid file is BAD_USER_INPUT with extensions.problems (line, kpi, field, message)."
+        description="Plan (dryRun) or apply a definitions file, all or nothing; admin only "
+        "(others: FORBIDDEN, before the document is read). Each created or changed KPI gets one "
+        "revision by the token's subject with the note. An invalid file is BAD_USER_INPUT with "
+        "extensions.problems (line, kpi, field, message)."
     )
     async def apply_kpi_definitions(
         self,
         info: Info,
-        document: Annotated[str, strawberry.argument(description="The file's YAML text.")],
-        note: str | None = None,
-        dry_run: bool = False,
+        document: Annotated[
+            str,
+            strawberry.argument(
+                description="The file's YAML text (docs/definitions-as-code.md): at most "
+                "1,000,000 bytes and 1,000 KPIs."
+            ),
+        ],
+        note: Annotated[
+            str | None,
+            strawberry.argument(
+                description="Why, recorded on each revision; at most 4,000 characters. "
+                "Required, not blank, unless dryRun."
+            ),
+        ] = None,
+        dry_run: Annotated[
+            bool,
+            strawberry.argument(
+                description="Only plan: say what applying would do, write nothing."
+            ),
+        ] = False,
     ) -> DefinitionsPlan:
         viewer = info.context.viewer
         policy.require(viewer, policy.Action.DEFINE)  # before anything of the request is judged

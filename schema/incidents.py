@@ -19,14 +19,20 @@ if TYPE_CHECKING:
 
 # An incident's data, each type's fields declared once on its row (schema/fields.py).
 
+INCIDENT_ID = (
+    "The incident's id (its external key, e.g. INC-2041); an unknown one is BAD_USER_INPUT."
+)
 
-@strawberry.type
+
+@strawberry.type(description="An alert raised for an incident.")
 class Alert:
     id: strawberry.ID = from_row(
         "id", value=opaque.alert_id, description="Opaque and stable; reveals no row id."
     )
-    issue_time: datetime = from_row("issue_time")
-    source: str | None = from_row("source")
+    issue_time: datetime = from_row("issue_time", description="When the alert was issued.")
+    source: str | None = from_row(
+        "source", description="What raised it, as recorded; null when not given."
+    )
     row: strawberry.Private[Mapping[str, Any]]
 
     @classmethod
@@ -34,12 +40,16 @@ class Alert:
         return cls(row=alert.row)
 
 
-@strawberry.type
+@strawberry.type(description="Something that happened during an incident.")
 class TimelineEvent:
-    kind: str = from_row("kind")
-    phase: str | None = from_row("phase")
-    occurred_at: datetime = from_row("occurred_at")
-    note: str | None = from_row("note")
+    kind: str = from_row("kind", description="What happened, e.g. phase_entered.")
+    phase: str | None = from_row(
+        "phase",
+        description="The incident phase it belongs to, e.g. gather; the earliest event of a "
+        "phase is when the incident entered it. Null: none.",
+    )
+    occurred_at: datetime = from_row("occurred_at", description="When it happened.")
+    note: str | None = from_row("note", description="Free text; null when not given.")
     row: strawberry.Private[Mapping[str, Any]]
 
     @classmethod
@@ -47,11 +57,16 @@ class TimelineEvent:
         return cls(row=event.row)
 
 
-@strawberry.type
+@strawberry.type(
+    description="A commitment made during an incident: when it was promised for and when it "
+    "was delivered. Unique by name within the incident."
+)
 class Milestone:
-    name: str = from_row("name")
-    committed_eta: datetime = from_row("committed_eta")
-    delivered_at: datetime | None = from_row("delivered_at")
+    name: str = from_row("name", description="Its name, unique within the incident.")
+    committed_eta: datetime = from_row("committed_eta", description="When it was promised for.")
+    delivered_at: datetime | None = from_row(
+        "delivered_at", description="When it was delivered; null while it is not."
+    )
     row: strawberry.Private[Mapping[str, Any]]
 
     @classmethod
@@ -59,10 +74,10 @@ class Milestone:
         return cls(row=milestone.row)
 
 
-@strawberry.type
+@strawberry.type(description="A stakeholder's post-incident survey answer.")
 class SurveyResponse:
-    score: int = from_row("score")
-    submitted_at: datetime = from_row("submitted_at")
+    score: int = from_row("score", description="1 to 5.")
+    submitted_at: datetime = from_row("submitted_at", description="When it was submitted.")
     row: strawberry.Private[Mapping[str, Any]]
 
     @classmethod
@@ -70,14 +85,25 @@ class SurveyResponse:
         return cls(row=response.row)
 
 
-@strawberry.type(name="Incident")
+@strawberry.type(
+    name="Incident",
+    description="An incident and the data its KPIs are computed from. Every persona sees every "
+    "incident; only its KPIs are filtered by visibility.",
+)
 class IncidentType:
     # Fields read from the incident's row, declared once (schema/fields.py).
-    id: strawberry.ID = from_row("key", description="The external incident key, e.g. INC-2041.")
-    title: str = from_row("title")
-    severity: Severity = from_row("severity", value=Severity)
-    detected_at: datetime = from_row("detected_at")
-    resolved_at: datetime | None = from_row("resolved_at")
+    id: strawberry.ID = from_row(
+        "key",
+        description="The external incident key, e.g. INC-2041: 1 to 64 letters, digits or "
+        ". _ : / -, starting with a letter or digit.",
+    )
+    title: str = from_row("title", description="Not blank, at most 500 characters.")
+    severity: Severity = from_row("severity", value=Severity, description="Its severity.")
+    detected_at: datetime = from_row("detected_at", description="When it was detected.")
+    resolved_at: datetime | None = from_row(
+        "resolved_at",
+        description="When it was resolved, never before detectedAt; null while unresolved.",
+    )
     pk: strawberry.Private[int]
     row: strawberry.Private[Mapping[str, Any]]
 
@@ -85,25 +111,39 @@ class IncidentType:
     def of(cls, incident: model.Incident) -> IncidentType:
         return cls(pk=incident.pk, row=incident.row)
 
-    @strawberry.field
+    @strawberry.field(description="Its alerts by issueTime (ties: in the order recorded).")
     async def alerts(self, info: Info) -> list[Alert]:
         return [Alert.of(a) for a in await info.context.loaders.alerts.load(self.pk)]
 
-    @strawberry.field
+    @strawberry.field(description="Its timeline by occurredAt (ties: in the order recorded).")
     async def timeline(self, info: Info) -> list[TimelineEvent]:
         return [TimelineEvent.of(e) for e in await info.context.loaders.timeline.load(self.pk)]
 
-    @strawberry.field
+    @strawberry.field(
+        description="Its milestones by committedEta (ties: in the order first recorded)."
+    )
     async def milestones(self, info: Info) -> list[Milestone]:
         return [Milestone.of(m) for m in await info.context.loaders.milestones.load(self.pk)]
 
-    @strawberry.field
+    @strawberry.field(
+        description="Its survey responses by submittedAt (ties: in the order recorded)."
+    )
     async def survey_responses(self, info: Info) -> list[SurveyResponse]:
         return [SurveyResponse.of(s) for s in await info.context.loaders.surveys.load(self.pk)]
 
-    @strawberry.field(description="Only KPIs the caller may see.")
+    @strawberry.field(
+        description="Its observations of the KPIs the caller may see, by KPI slug, then timestamp."
+    )
     async def kpis(
-        self, info: Info, slugs: list[str] | None = None
+        self,
+        info: Info,
+        slugs: Annotated[
+            list[str] | None,
+            strawberry.argument(
+                description="Only these KPIs (at most 100); a slug that does not exist or "
+                "that the caller may not see is simply absent. Null: every KPI."
+            ),
+        ] = None,
     ) -> list[Annotated[KpiObservation, strawberry.lazy("schema.observations")]]:
         from schema.observations import KpiObservation
 
@@ -112,40 +152,79 @@ class IncidentType:
         return [KpiObservation.of(o, incident=self) for o in found]
 
 
-@strawberry.type
+@strawberry.type(description="Where a page of incidents stands.")
 class PageInfo:
-    has_next_page: bool
-    end_cursor: str | None
+    has_next_page: bool = strawberry.field(description="Whether more incidents follow this page.")
+    end_cursor: str | None = strawberry.field(
+        description="The last edge's cursor, to pass as after for the next page; null when the "
+        "page is empty."
+    )
 
 
-@strawberry.type
+@strawberry.type(description="One incident of a page, with its cursor.")
 class IncidentEdge:
-    cursor: str
-    node: IncidentType
+    cursor: str = strawberry.field(
+        description="Opaque; pass it as incidents(after:) to continue after this incident."
+    )
+    node: IncidentType = strawberry.field(description="The incident.")
 
 
-@strawberry.type
+@strawberry.type(description="A page of incidents, newest first.")
 class IncidentConnection:
-    edges: list[IncidentEdge]
-    page_info: PageInfo
+    edges: list[IncidentEdge] = strawberry.field(
+        description="The page: at most `first` incidents, newest first by detectedAt."
+    )
+    page_info: PageInfo = strawberry.field(description="Whether more follow, and from where.")
     where: strawberry.Private[incidents.IncidentFilter]
 
-    @strawberry.field
+    @strawberry.field(
+        description="How many incidents match the filters (severity, detectedFrom, "
+        "detectedTo), on every page: not only this one."
+    )
     async def total_count(self, info: Info) -> int:
         return await incidents.count(viewer=info.context.viewer, where=self.where)
 
 
 @strawberry.type
 class IncidentQuery:
-    @strawberry.field(description="Newest first. first: 1..100.")
+    @strawberry.field(
+        description="Incidents, a page at a time, newest first by detectedAt (ties: the more "
+        "recently created first)."
+    )
     async def incidents(
         self,
         info: Info,
-        first: int | None = 20,
-        after: str | None = None,
-        severity: Severity | None = None,
-        detected_from: datetime | None = None,
-        detected_to: datetime | None = None,
+        first: Annotated[
+            int | None,
+            strawberry.argument(
+                description="How many to answer, 1 to 100 (else BAD_USER_INPUT); null: 20."
+            ),
+        ] = 20,
+        after: Annotated[
+            str | None,
+            strawberry.argument(
+                description="A cursor from an earlier page: the page starts after its "
+                "incident. One this service did not issue is BAD_USER_INPUT. Null: from the "
+                "newest."
+            ),
+        ] = None,
+        severity: Annotated[
+            Severity | None,
+            strawberry.argument(description="Only incidents of this severity; null: every one."),
+        ] = None,
+        detected_from: Annotated[
+            datetime | None,
+            strawberry.argument(
+                description="Only incidents detected at or after this (inclusive); null: no "
+                "lower bound."
+            ),
+        ] = None,
+        detected_to: Annotated[
+            datetime | None,
+            strawberry.argument(
+                description="Only incidents detected before this (exclusive); null: no upper bound."
+            ),
+        ] = None,
     ) -> IncidentConnection:
         where = incidents.IncidentFilter(
             severity=severity, detected_from=detected_from, detected_to=detected_to
@@ -165,56 +244,97 @@ class IncidentQuery:
         )
         return IncidentConnection(edges=edges, page_info=info_, where=where)
 
-    @strawberry.field
-    async def incident(self, info: Info, id: strawberry.ID) -> IncidentType | None:
+    @strawberry.field(description="One incident by id; null when there is none.")
+    async def incident(
+        self,
+        info: Info,
+        id: Annotated[
+            strawberry.ID,
+            strawberry.argument(description="The external incident key, e.g. INC-2041."),
+        ],
+    ) -> IncidentType | None:
         found = await incidents.by_key(viewer=info.context.viewer, key=str(id))
         return IncidentType.of(found) if found else None
 
 
-@strawberry.input
+@strawberry.input(description="An incident, created or replaced by id.")
 class IncidentInput:
-    id: strawberry.ID
-    title: str
-    severity: Severity
-    detected_at: datetime
-    resolved_at: datetime | None = None
+    id: strawberry.ID = strawberry.field(
+        description="The external incident key, e.g. INC-2041: 1 to 64 letters, digits or "
+        ". _ : / -, starting with a letter or digit."
+    )
+    title: str = strawberry.field(description="Not blank, at most 500 characters.")
+    severity: Severity = strawberry.field(description="Its severity.")
+    detected_at: datetime = strawberry.field(description="When it was detected.")
+    resolved_at: datetime | None = strawberry.field(
+        default=None,
+        description="When it was resolved, not before detectedAt; null: unresolved (an upsert "
+        "with null clears it).",
+    )
 
 
-@strawberry.input
+@strawberry.input(description="An alert raised for an existing incident.")
 class AlertInput:
-    incident_id: strawberry.ID
-    issue_time: datetime
-    source: str | None = None
+    incident_id: strawberry.ID = strawberry.field(description=INCIDENT_ID)
+    issue_time: datetime = strawberry.field(description="When the alert was issued.")
+    source: str | None = strawberry.field(
+        default=None, description="What raised it; at most 200 characters."
+    )
 
 
-@strawberry.input
+@strawberry.input(description="A timeline event of an existing incident.")
 class TimelineEventInput:
-    incident_id: strawberry.ID
-    kind: str
-    phase: str | None = None
-    occurred_at: datetime
-    note: str | None = None
+    incident_id: strawberry.ID = strawberry.field(description=INCIDENT_ID)
+    kind: str = strawberry.field(
+        description="What happened, e.g. phase_entered; not blank, at most 64 characters."
+    )
+    phase: str | None = strawberry.field(
+        default=None,
+        description="The incident phase it belongs to, e.g. gather; at most 64 characters.",
+    )
+    occurred_at: datetime = strawberry.field(description="When it happened.")
+    note: str | None = strawberry.field(
+        default=None, description="Free text, at most 4,000 characters."
+    )
 
 
-@strawberry.input(description="Upsert by (incident, name).")
+@strawberry.input(description="A milestone of an existing incident: upsert by (incident, name).")
 class MilestoneInput:
-    incident_id: strawberry.ID
-    name: str
-    committed_eta: datetime
-    delivered_at: datetime | None = None
+    incident_id: strawberry.ID = strawberry.field(description=INCIDENT_ID)
+    name: str = strawberry.field(
+        description="Not blank, at most 200 characters; a name the incident already has "
+        "replaces that milestone's committedEta and deliveredAt."
+    )
+    committed_eta: datetime = strawberry.field(description="When it is promised for.")
+    delivered_at: datetime | None = strawberry.field(
+        default=None, description="When it was delivered; null: not yet."
+    )
 
 
-@strawberry.input
+@strawberry.input(description="A stakeholder's post-incident survey answer.")
 class SurveyResponseInput:
-    incident_id: strawberry.ID
-    score: int
-    submitted_at: datetime
+    incident_id: strawberry.ID = strawberry.field(description=INCIDENT_ID)
+    score: int = strawberry.field(description="1 to 5 (else BAD_USER_INPUT).")
+    submitted_at: datetime = strawberry.field(description="When it was submitted.")
+
+
+INGEST = (
+    "Ingest and admin only (others: FORBIDDEN). The incident's computed KPIs are recomputed in "
+    "the same transaction."
+)
 
 
 @strawberry.type
 class IncidentMutation:
-    @strawberry.mutation
-    async def upsert_incident(self, info: Info, input: IncidentInput) -> IncidentType:
+    @strawberry.mutation(
+        description="Create the incident with this id, or replace its title, severity, "
+        "detectedAt and resolvedAt. " + INGEST
+    )
+    async def upsert_incident(
+        self,
+        info: Info,
+        input: Annotated[IncidentInput, strawberry.argument(description="The incident.")],
+    ) -> IncidentType:
         incident = await incidents.upsert(
             viewer=info.context.viewer,
             key=str(input.id),
@@ -225,8 +345,12 @@ class IncidentMutation:
         )
         return IncidentType.of(incident)
 
-    @strawberry.mutation
-    async def record_alert(self, info: Info, input: AlertInput) -> Alert:
+    @strawberry.mutation(description="Record an alert raised for an incident. " + INGEST)
+    async def record_alert(
+        self,
+        info: Info,
+        input: Annotated[AlertInput, strawberry.argument(description="The alert.")],
+    ) -> Alert:
         alert = await incidents.record_alert(
             viewer=info.context.viewer,
             incident_key=str(input.incident_id),
@@ -235,8 +359,12 @@ class IncidentMutation:
         )
         return Alert.of(alert)
 
-    @strawberry.mutation
-    async def record_timeline_event(self, info: Info, input: TimelineEventInput) -> TimelineEvent:
+    @strawberry.mutation(description="Record a timeline event, such as entering a phase. " + INGEST)
+    async def record_timeline_event(
+        self,
+        info: Info,
+        input: Annotated[TimelineEventInput, strawberry.argument(description="The event.")],
+    ) -> TimelineEvent:
         event = await incidents.record_timeline_event(
             viewer=info.context.viewer,
             incident_key=str(input.incident_id),
@@ -247,8 +375,14 @@ class IncidentMutation:
         )
         return TimelineEvent.of(event)
 
-    @strawberry.mutation
-    async def record_milestone(self, info: Info, input: MilestoneInput) -> Milestone:
+    @strawberry.mutation(
+        description="Create or replace the incident's milestone of this name. " + INGEST
+    )
+    async def record_milestone(
+        self,
+        info: Info,
+        input: Annotated[MilestoneInput, strawberry.argument(description="The milestone.")],
+    ) -> Milestone:
         milestone = await incidents.record_milestone(
             viewer=info.context.viewer,
             incident_key=str(input.incident_id),
@@ -258,9 +392,13 @@ class IncidentMutation:
         )
         return Milestone.of(milestone)
 
-    @strawberry.mutation
+    @strawberry.mutation(description="Record a stakeholder's post-incident survey score. " + INGEST)
     async def record_survey_response(
-        self, info: Info, input: SurveyResponseInput
+        self,
+        info: Info,
+        input: Annotated[
+            SurveyResponseInput, strawberry.argument(description="The survey answer.")
+        ],
     ) -> SurveyResponse:
         response = await incidents.record_survey_response(
             viewer=info.context.viewer,

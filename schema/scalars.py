@@ -26,9 +26,15 @@ def _parse(value: object) -> datetime:
         raise ValueError(f"{value!r} is out of range") from None
 
 
+RFC3339 = "https://datatracker.ietf.org/doc/html/rfc3339"
+
 DateTime = strawberry.scalar(
     name="DateTime",
-    description="ISO 8601 date-time with a UTC offset.",
+    description="ISO 8601 date-time with a UTC offset. Answers are in UTC, e.g. "
+    "2026-03-01T09:30:00+00:00 (fractional seconds only when there are any). Values sent must "
+    "carry an offset (Z or +HH:MM; without one: BAD_USER_INPUT) and fall between 1970 and 2199 "
+    "(UTC).",
+    specified_by_url=RFC3339,
     serialize=_serialize,
     parse_value=_parse,
 )
