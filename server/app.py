@@ -30,7 +30,7 @@ from schema.context import Context
 from schema.errors import INTERNAL_MESSAGE, TIMEOUT_MESSAGE, UNAVAILABLE_MESSAGE, coded_errors
 from schema.fast_path import FastPath
 from schema.limits import refused_by, request_refusal
-from server import health, media, observe, persisted, rest, revalidation, shed
+from server import compression, cors, health, media, observe, persisted, rest, revalidation, shed
 from server.auth import TokenVerifier
 from server.config import Settings
 from server.http import VIEWER, error_response
@@ -144,11 +144,19 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
             request.headers.get("Authorization")
         )
     except Unauthenticated:
+        # RFC 6750 3.1: a token was sent and failed (why is nobody's business); without one, or
+        # with another scheme, the bare challenge.
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        sent = scheme.lower() == "bearer" and token.strip()
         return web.Response(
             status=401,
             text=UNAUTHENTICATED_BODY,
             content_type="application/json",
-            headers={"WWW-Authenticate": 'Bearer realm="mim"'},
+            headers={
+                "WWW-Authenticate": 'Bearer realm="mim", error="invalid_token"'
+                if sent
+                else 'Bearer realm="mim"'
+            },
         )
     fields(request)["sub"] = viewer.subject
     return await handler(request)
@@ -181,7 +189,7 @@ async def mask_faults(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPException as refusal:
         if refusal.status < 400:
             raise
-        return _coded_refusal(refusal.status, refusal.reason)
+        return _coded_refusal(refusal.status, refusal.reason, refusal.headers.get("Allow"))
     except TimeoutError:
         log.warning("request ran past its time limit: %s %s", request.method, request.path)
         _refused(request, "timeout")
@@ -213,7 +221,9 @@ async def mask_faults(request: web.Request, handler: Handler) -> web.StreamRespo
     if response.status >= 400 and response.content_type == "text/plain":
         # Transport-level refusals (unsupported content type, no query, ...) get a code too.
         text = response.text if isinstance(response, web.Response) else None
-        return _coded_refusal(response.status, text or response.reason)
+        return _coded_refusal(
+            response.status, text or response.reason, response.headers.get("Allow")
+        )
     return response
 
 
@@ -251,9 +261,12 @@ def _refused(request: web.Request, limit: str) -> None:
         metrics.refusal(limit)
 
 
-def _coded_refusal(status: int, message: str | None) -> web.Response:
+def _coded_refusal(status: int, message: str | None, allow: str | None = None) -> web.Response:
     code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(status, "BAD_USER_INPUT")
-    return error_response(status, code, message or "Bad request.")
+    response = error_response(status, code, message or "Bad request.")
+    if allow is not None:
+        response.headers["Allow"] = allow  # a 405 says which methods the route has
+    return response
 
 
 class MimGraphQLView(GraphQLView[Context, None]):
@@ -545,12 +558,16 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> web.App
         tracing = tracing_from_env(os.environ)
     middlewares = [
         observe.observe,
+        compression.compress,
         refuse_upgrades,
         mask_faults,
         refuse_encoded_bodies,
         authenticate,
         revalidate,
     ]
+    if settings.cors_origins:
+        # A preflight carries no token: answered before authentication (server/cors.py).
+        middlewares.insert(middlewares.index(authenticate), cors.preflight)
     if tracing is not None:
         middlewares.insert(0, tracing.middleware)  # the request's span holds everything else
     middlewares.insert(0, shed.shed)  # a refusal costs nothing else (server/shed.py)
@@ -603,6 +620,10 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> web.App
     if metrics is not None:
         app.router.add_route("*", METRICS_PATH, serve_metrics)
     rest.add_routes(app)
+    if settings.cors_origins:
+        # Browser apps on the listed origins may call GraphQL and the REST mirror.
+        rest_methods = dict.fromkeys(("/kpis", "/kpis/{slug}", "/incidents/{id}/kpis"), "GET")
+        cors.setup(app, settings.cors_origins, {"/graphql": "GET, POST", **rest_methods})
     return app
 
 

@@ -150,7 +150,9 @@ def _tracing(env: Mapping[str, str]) -> bool:
 
 
 # An origin as a browser sends it: scheme://host[:port], nothing after it.
-_ORIGIN = re.compile(r"([a-z][a-z0-9+.-]*)://(\[[0-9a-f:.]+\]|[a-z0-9][a-z0-9.-]*)(?::([0-9]{1,5}))?")
+_ORIGIN = re.compile(
+    r"([a-z][a-z0-9+.-]*)://(\[[0-9a-f:.]+\]|[a-z0-9][a-z0-9.-]*)(?::([0-9]{1,5}))?"
+)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -162,7 +164,7 @@ def _origins(raw: str) -> tuple[str, ...]:
             raise ConfigError("MIM_CORS_ORIGINS: '*' is not accepted; list each origin exactly")
         match = _ORIGIN.fullmatch(given.lower())
         port = int(match[3]) if match is not None and match[3] is not None else None
-        if match is None or port is not None and not 0 < port < 65536:
+        if match is None or (port is not None and not 0 < port < 65536):
             raise ConfigError(
                 f"MIM_CORS_ORIGINS: {given!r} is not an origin; write scheme://host[:port] "
                 "without path or trailing slash, e.g. https://dash.example.com"

@@ -111,4 +111,4 @@ def mark(response: web.StreamResponse, tag: str) -> None:
     """Give a successful answer its tag and caching headers."""
     response.headers["ETag"] = tag
     response.headers["Cache-Control"] = CACHE_CONTROL
-    response.headers["Vary"] = VARY
+    response.headers.add("Vary", VARY)  # beside Vary: Accept (GraphQL) and Origin (CORS)
