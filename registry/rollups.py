@@ -425,7 +425,7 @@ async def totals(
         if severity is not None:
             join += " JOIN incident AS i ON i.id = o.incident"
         raw = (
-            f"SELECT o.kpi, count(*), sum(o.value), 0, NULL FROM kpi_observation AS o {join} "
+            f"SELECT o.kpi, count(*), {_sum('o.value')}, 0, NULL FROM kpi_observation AS o {join} "
             f"WHERE o.kpi {s.one_of(kpis)} AND {policy.visible(viewer, 'd.visibility', s)} AND ("
         )
         raw += " OR ".join(f"({_range('o.timestamp', lo, hi, s)})" for lo, hi in span.raw) + ")"
@@ -434,7 +434,7 @@ async def totals(
         parts.append(raw + " GROUP BY o.kpi")
     # Added up by the database: one row per KPI, however many months and days the window holds.
     sql = (
-        "SELECT kpi, sum(n) AS n, sum(total) AS total, sum(residue) AS residue, "
+        f"SELECT kpi, sum(n) AS n, {_sum('total')} AS total, {_sum('residue')} AS residue, "
         "max(changed_at) AS changed_at "
         f"FROM ({' UNION ALL '.join(parts)}) AS u GROUP BY kpi"
     )
@@ -446,6 +446,13 @@ async def totals(
         )
         for row in await db.fetch(sql, s.args)
     }
+
+
+def _sum(column: str) -> str:
+    """Return SQL adding up a float column in one order whatever order the rows come in, so
+    that the same read gives the same bits every time (PostgreSQL's parallel and hashed plans
+    hand rows over in any order; SQLite's plan reads them in one)."""
+    return f"sum({column})" if db.is_sqlite() else f"sum({column} ORDER BY {column})"
 
 
 def as_utc(value: Any) -> datetime:
