@@ -42,21 +42,8 @@ from registry.model import (
     Visibility,
 )
 
-# The file's field names (the seed page's), as the registry names them.
-FIELDS = {
-    "slug": "slug",
-    "name": "name",
-    "description": "description",
-    "formula": "formula",
-    "expression": "expression",
-    "units": "units",
-    "targets": "targets",
-    "data_sources": "data_sources",
-    "visibility": "visibility",
-    "owner": "owner",
-    "review_cadence": "review_cadence",
-    "status": "status",
-}
+# The file's field names (the seed page's), in its order: the registry's own names.
+FIELDS = ("slug", *kpis.FILE_FIELDS)
 REQUIRED = (
     "slug",
     "name",

@@ -31,8 +31,9 @@ def digest(document: str) -> str:
     return hashlib.sha256(document.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-async def get(sha256: str) -> str | None:
-    """Return the document stored under a hash, or None."""
+async def get(key: str) -> str | None:
+    """Return the document stored under a key (a hash), or None."""
+    sha256 = key
     found = _cache.get(sha256)
     if found is not None:
         _cache.move_to_end(sha256)
@@ -49,8 +50,10 @@ async def get(sha256: str) -> str | None:
     return document
 
 
-async def put(sha256: str, document: str) -> None:
-    """Keep a document under its hash (the caller checked that it is the document's hash)."""
+async def put(key: str, document: str) -> None:
+    """Keep a document under a key: a hash the caller derived from the document's checked hash
+    (server/persisted.py keeps callers who see different KPIs apart)."""
+    sha256 = key
     if len(document) > MAX_DOCUMENT_CHARS or sha256 in _cache:
         return
     now = datetime.now(UTC)

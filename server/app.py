@@ -352,7 +352,7 @@ class MimGraphQLView(GraphQLView[Context, None]):
             return None, None
         # A persisted query's hash becomes its document here; then the document is judged as if
         # it had been sent in full.
-        resolved, answer = await persisted.resolve(found)
+        resolved, answer = await persisted.resolve(found, request.get(VIEWER))
         if answer is not None or resolved is None:
             return None, answer
         if (refusal := operation_refusal(resolved)) is not None:

@@ -7,7 +7,11 @@ A request may carry `extensions.persistedQuery = {"version": 1, "sha256Hash": HA
   `PERSISTED_QUERY_NOT_FOUND`, and the client sends the text with the hash.
 GET works the same way (`extensions` as JSON in the query string), so browsers and proxies can
 revalidate a hash-only request. What the document may do is judged afterwards exactly as for the
-same text sent in full: visibility, every limit, the compiled plans.
+same text sent in full: visibility, every limit, the compiled plans. The store is kept apart by
+what its callers may see: a document sent by a caller who sees internal KPIs is found by hash
+only for callers who see them too, so an exec token cannot learn, by asking for a hash, that
+someone ran a document naming an internal KPI (the operations the project ships are found by
+everyone).
 
 Trusted operations: with `MIM_TRUSTED_OPERATIONS=exec,stakeholder`, a token whose every persona
 is on that list may run only the operations the project ships (schema/operations/), named by
@@ -24,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from registry import persisted
+from registry import persisted, policy
 from registry.model import Persona, Viewer
 from schema.operations import SHIPPED
 from server.http import error_response
@@ -46,7 +50,9 @@ def persisted_query(body: dict[str, Any]) -> Any:
     return extensions.get("persistedQuery") if isinstance(extensions, dict) else None
 
 
-async def resolve(body: dict[str, Any]) -> tuple[dict[str, Any] | None, web.Response | None]:
+async def resolve(
+    body: dict[str, Any], viewer: Viewer | None
+) -> tuple[dict[str, Any] | None, web.Response | None]:
     """Return the request with its document (stored or checked), or the answer that ends it."""
     wanted = persisted_query(body)
     if wanted is None:
@@ -60,14 +66,20 @@ async def resolve(body: dict[str, Any]) -> tuple[dict[str, Any] | None, web.Resp
     if isinstance(query, str):
         if persisted.digest(query) != sha256:
             return None, _bad("provided sha does not match query")
-        await persisted.put(sha256, query)
+        await persisted.put(_key(viewer, sha256), query)
         return body, None
     if query is not None:
         return None, _bad("query must be a string.")
-    document = SHIPPED_BY_HASH.get(sha256) or await persisted.get(sha256)
+    document = SHIPPED_BY_HASH.get(sha256) or await persisted.get(_key(viewer, sha256))
     if document is None:
         return None, not_found()
     return {**body, "query": document}, None
+
+
+def _key(viewer: Viewer | None, sha256: str) -> str:
+    """Return where a document is kept: its hash within what its caller may see."""
+    seen = sorted(v.value for v in policy.visibilities(viewer)) if viewer is not None else []
+    return persisted.digest(f"{','.join(seen)}\n{sha256}")
 
 
 def trusted(viewer: Viewer | None, body: dict[str, Any], restricted: Collection[Persona]) -> bool:

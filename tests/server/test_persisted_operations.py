@@ -192,17 +192,42 @@ async def test_a_hash_without_a_token_is_refused_like_any_request(client: TestCl
 
 async def test_visibility_and_policy_apply_to_a_hash_as_to_its_text(client: TestClient) -> None:
     internal = '{ kpi(slug: "mtta") { slug name } }'
-    await post(client, {"query": internal, "extensions": hashed(internal)}, "admin")
     for persona in ("exec", "stakeholder"):
-        by_text = await post(client, {"query": internal}, persona)
+        by_text = await post(client, {"query": internal, "extensions": hashed(internal)}, persona)
         by_hash = await post(client, {"extensions": hashed(internal)}, persona)
         assert by_hash == by_text and by_hash[1]["data"] == {"kpi": None}
     fields = 'id: "INC-X", title: "t", severity: P1, detectedAt: "2026-01-01T00:00:00Z"'
     mutation = f"mutation {{ upsertIncident(input: {{{fields}}}) {{ id }} }}"
-    await post(client, {"query": mutation, "extensions": hashed(mutation)}, "admin")
-    _, body = await post(client, {"extensions": hashed(mutation)}, "exec")
-    assert codes(body) == ["FORBIDDEN"]
-    assert await Incident.count() == 1  # the admin's; the exec's wrote nothing
+    for body in (
+        {"query": mutation, "extensions": hashed(mutation)},
+        {"extensions": hashed(mutation)},
+    ):
+        _, answer = await post(client, body, "exec")
+        assert codes(answer) == ["FORBIDDEN"]
+    assert await Incident.count() == 0  # the exec's wrote nothing
+
+
+async def test_a_hash_sent_by_a_caller_who_sees_internal_kpis_is_not_found_for_exec(
+    client: TestClient,
+) -> None:
+    # Otherwise asking for a hash would tell an exec whether someone ran a document naming an
+    # internal KPI. (A document of its own: the store outlives each test.)
+    internal = '{ kpi(slug: "mtta") { slug name owner } }'
+    for persona in ("admin", "responder"):
+        status, body = await post(
+            client, {"query": internal, "extensions": hashed(internal)}, persona
+        )
+        assert status == 200 and body["data"]["kpi"]["slug"] == "mtta"
+    for persona in ("exec", "stakeholder"):
+        status, body = await post(client, {"extensions": hashed(internal)}, persona)
+        assert status == 200 and codes(body) == ["PERSISTED_QUERY_NOT_FOUND"], (persona, body)
+    persisted._cache.clear()  # and from the table, not only this worker's memory
+    for persona in ("exec", "stakeholder"):
+        status, body = await post(client, {"extensions": hashed(internal)}, persona)
+        assert codes(body) == ["PERSISTED_QUERY_NOT_FOUND"], (persona, body)
+    # Callers who see as much find it.
+    status, body = await post(client, {"extensions": hashed(internal)}, "ingest")
+    assert body["data"]["kpi"]["slug"] == "mtta"
 
 
 async def test_limits_apply_to_a_hash_as_to_its_text(client: TestClient) -> None:
