@@ -167,3 +167,15 @@ class PersistedQuery(Table, tablename="persisted_query"):
     hash = Varchar(length=64, primary_key=True)
     document = Text()
     used_at = Timestamptz(index=True)
+
+
+class PageSession(Table, tablename="page_session"):
+    """A sign-in to the pages (registry/sessions.py), by the SHA-256 of its random id; not in
+    TABLES. It keeps who signed in, never the token."""
+
+    id_hash = Varchar(length=64, primary_key=True)
+    subject = Varchar(length=255)
+    personas = Varchar(length=255)
+    csrf = Varchar(length=64)
+    created_at = Timestamptz()
+    expires_at = Timestamptz(index=True)

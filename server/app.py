@@ -30,7 +30,18 @@ from schema.context import Context
 from schema.errors import INTERNAL_MESSAGE, TIMEOUT_MESSAGE, UNAVAILABLE_MESSAGE, coded_errors
 from schema.fast_path import FastPath
 from schema.limits import refused_by, request_refusal
-from server import compression, cors, health, media, observe, persisted, rest, revalidation, shed
+from server import (
+    compression,
+    cors,
+    health,
+    media,
+    observe,
+    pages,
+    persisted,
+    rest,
+    revalidation,
+    shed,
+)
 from server.auth import TokenVerifier
 from server.config import Settings
 from server.http import VIEWER, error_response
@@ -132,6 +143,8 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     """Refuse every request without a valid token before any handler runs."""
     if request.path in PUBLIC_PATHS or _is_ide_page(request):
         return await handler(request)
+    if pages.is_page(request.path):
+        return await pages.handle(request, handler)  # a session, not a bearer token
     settings = request.app[SETTINGS]
     if (
         request.path == METRICS_PATH
@@ -620,6 +633,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> web.App
     if metrics is not None:
         app.router.add_route("*", METRICS_PATH, serve_metrics)
     rest.add_routes(app)
+    pages.setup(app, app[VERIFIER].sign_in)
     if settings.cors_origins:
         # Browser apps on the listed origins may call GraphQL and the REST mirror.
         rest_methods = dict.fromkeys(("/kpis", "/kpis/{slug}", "/incidents/{id}/kpis"), "GET")

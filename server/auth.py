@@ -165,15 +165,23 @@ class TokenVerifier:
                 self._verified.move_to_end(token)
                 return known[0]
             del self._verified[token]
+        viewer, expires = await self._prove(token)
+        self._remember(token, viewer, expires + self._settings.jwt_leeway_seconds, now)
+        return viewer
+
+    async def sign_in(self, authorization: str | None) -> tuple[Viewer, float]:
+        """Return the Viewer a header proves and its token's `exp` (seconds since the epoch),
+        checked afresh (a page sign-in starts a session that must end with the token)."""
+        return await self._prove(bearer_token(authorization))
+
+    async def _prove(self, token: str) -> tuple[Viewer, float]:
         check_unique_keys(token)
         header = unverified_header(token)
         check_header(header, self._algorithms)
         key = await self._signing_key(header)
         claims = self._decode(token, key)
         personas = parse_personas(claim_at(claims, self._settings.jwt_persona_claim))
-        viewer = Viewer(subject=claims["sub"], personas=personas)
-        self._remember(token, viewer, claims["exp"] + self._settings.jwt_leeway_seconds, now)
-        return viewer
+        return Viewer(subject=claims["sub"], personas=personas), float(claims["exp"])
 
     def _key_generation(self) -> int:
         return self.jwks.generation if self.jwks is not None else 0
