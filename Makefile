@@ -7,8 +7,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 AUDIT := tests/http_audit
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml $(AUDIT)/package-lock.json | cksum | cut -d' ' -f1)
+CODEGEN := clients/python/.venv
+TS_CLIENT := clients/typescript
+CODEGEN_STAMP := $(CODEGEN)/.installed-$(shell cat clients/python/requirements.lock $(TS_CLIENT)/package-lock.json | cksum | cut -d' ' -f1)
 
-.PHONY: setup run test lint schema security clean
+.PHONY: setup run test lint schema security clean clients codegen-tools
 
 setup: $(STAMP)
 
@@ -41,7 +44,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy server schema registry
 
-test: lint
+test: lint codegen-tools
 	$(BIN)/pytest
 	@if [ -n "$$TEST_POSTGRES_URL" ]; then \
 		TEST_DATABASE_URL="$$TEST_POSTGRES_URL" $(BIN)/pytest; \
@@ -57,8 +60,29 @@ security: setup
 		MIM_FIGURES_FILE=$(CURDIR)/.security-figures.jsonl $(BIN)/pytest -q -m security
 	$(BIN)/python -m tests.figures .security-figures.jsonl
 
-schema: setup
+schema: setup codegen-tools
 	$(BIN)/python -m schema > schema.graphql
+	$(CODEGEN)/bin/python clients/python/generate.py
+
+# The typed clients' generators, pinned apart from the project's venv (ariadne-codegen needs an
+# older ruff than ours); tests/clients/ regenerate with them and compare.
+codegen-tools: $(CODEGEN_STAMP)
+
+$(CODEGEN_STAMP): clients/python/requirements.lock $(TS_CLIENT)/package-lock.json
+	$(PYTHON) -m venv $(CODEGEN)
+	$(CODEGEN)/bin/pip install --quiet --disable-pip-version-check -r clients/python/requirements.lock
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix $(TS_CLIENT) --no-audit --no-fund --silent; \
+	else \
+		echo "npm not found: the TypeScript client's tests will be skipped"; \
+	fi
+	rm -f $(CODEGEN)/.installed-*
+	touch $@
+
+# Regenerate the typed Python client (clients/python/mim_client) after a change to schema.graphql
+# or schema/operations, and commit it.
+clients: codegen-tools
+	$(CODEGEN)/bin/python clients/python/generate.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(CODEGEN) $(TS_CLIENT)/node_modules $(TS_CLIENT)/src
