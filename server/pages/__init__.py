@@ -33,6 +33,7 @@ def setup(app: web.Application, verify: session.Verify) -> None:
     """Add the pages' routes and their template environment to the app; `verify` checks a
     sign-in's token as the API checks a bearer token."""
     app[login.VERIFY] = verify
+    app[views.CATALOGUES] = views.Catalogues()
     env = aiohttp_jinja2.setup(
         app,
         loader=jinja2.FileSystemLoader(HERE / "templates"),

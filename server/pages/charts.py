@@ -103,8 +103,9 @@ def line_chart(
         x, y = round(x_of(i), 1), round(y_of(mean), 1)
         commands.append(f"{'M' if gap else 'L'}{x} {y}")
         gap = False
-        label = f"Week of {format.day(point.start)}: {format.number(mean, units)}"
-        dots.append(Dot(x, y, f"{label} ({point.count} incidents)", point.meets_target))
+        if not compact:  # a sparkline is the line alone; its caption says the latest value
+            label = f"Week of {format.day(point.start)}: {format.number(mean, units)}"
+            dots.append(Dot(x, y, f"{label} ({point.count} incidents)", point.meets_target))
     y_ticks: list[Tick] = []
     if not compact:
         tick = low

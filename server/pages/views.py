@@ -3,14 +3,16 @@ hands plain values to its template. A KPI the viewer may not see answers as an u
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp_jinja2
 from aiohttp import web
+from markupsafe import Markup
 
-from registry import incidents, kpis, observations, policy, targets, trends
+from registry import generation, incidents, kpis, observations, policy, targets, trends
 from registry.errors import AppError, BadInput
 from registry.incidents import IncidentFilter
 from registry.model import Definition, Severity, Summary, Target, Visibility
@@ -23,6 +25,32 @@ INCIDENTS_PER_PAGE = 25
 # A review falls due this long before its date: the badge says "due" from then on.
 DUE_SOON = timedelta(days=14)
 SEVERITY_CHOICES = {"P1": Severity.P1, "P2": Severity.P2, "all": None}
+# The catalogue's body, rendered, per (data generation, personas, minute): at most this many.
+CACHED_CATALOGUES = 32
+
+
+class Catalogues:
+    """A worker's rendered catalogue bodies. The key holds everything a body depends on: the
+    data generation (moved by every committed write, in every worker), the personas (what the
+    viewer may see, and which targets apply) and the minute (review badges and the 13 weeks
+    follow the clock); nothing of the session is in the body."""
+
+    def __init__(self) -> None:
+        self._bodies: OrderedDict[tuple[int, frozenset[str], datetime], Markup] = OrderedDict()
+
+    def get(self, key: tuple[int, frozenset[str], datetime]) -> Markup | None:
+        found = self._bodies.get(key)
+        if found is not None:
+            self._bodies.move_to_end(key)
+        return found
+
+    def put(self, key: tuple[int, frozenset[str], datetime], body: Markup) -> None:
+        self._bodies[key] = body
+        while len(self._bodies) > CACHED_CATALOGUES:
+            self._bodies.popitem(last=False)
+
+
+CATALOGUES = web.AppKey("page_catalogues", Catalogues)
 
 
 def render(
@@ -88,6 +116,23 @@ class Card:
 async def catalogue(request: web.Request) -> web.StreamResponse:
     viewer = viewer_of(request)
     now = datetime.now(UTC)
+    # The generation is read before the data, so a body is at least as new as its key.
+    personas = frozenset(p.value for p in viewer.personas)
+    key = (await generation.current(), personas, now.replace(second=0, microsecond=0))
+    catalogues = request.app[CATALOGUES]
+    body = catalogues.get(key)
+    if body is None:
+        cards = await _cards(request, now)
+        template = aiohttp_jinja2.get_env(request.app).get_template("_catalogue.html")
+        body = Markup(template.render(cards=cards))
+        catalogues.put(key, body)
+    return render(request, "kpis.html", {"title": "KPI Source of Truth", "body": body})
+
+
+async def _cards(request: web.Request, now: datetime) -> list[Card]:
+    """Return the catalogue's cards: one statement each for the definitions, the P1 and P2
+    summaries, and the trends."""
+    viewer = viewer_of(request)
     found = await kpis.list_definitions(viewer=viewer)
     p1_window = kpis.SummaryWindow(severity=Severity.P1)
     p2_window = kpis.SummaryWindow(severity=Severity.P2)
@@ -96,7 +141,7 @@ async def catalogue(request: web.Request) -> web.StreamResponse:
     )
     window = weeks_window(now, Severity.P1)
     series = await trends.series(viewer=viewer, keys=[(d, window) for d in found])
-    cards = [
+    return [
         Card(
             definition=d,
             p1=summaries[2 * i],
@@ -107,7 +152,6 @@ async def catalogue(request: web.Request) -> web.StreamResponse:
         )
         for i, (d, points) in enumerate(zip(found, series, strict=True))
     ]
-    return render(request, "kpis.html", {"title": "KPI Source of Truth", "cards": cards})
 
 
 async def kpi_page(request: web.Request) -> web.StreamResponse:

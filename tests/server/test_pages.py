@@ -141,9 +141,16 @@ async def pages(client: TestClient) -> TestClient:
     assert "errors" not in body, body
     body = await gql(
         client,
-        """mutation { recordTimelineEvent(input: {incidentId: "INC-PAGE-1", kind: "phase",
-        phase: "gather", occurredAt: "%s", note: "bridge opened"}) { kind } }"""
-        % (detected + timedelta(minutes=4)).isoformat(),
+        """mutation($input: TimelineEventInput!) { recordTimelineEvent(input: $input) { kind } }""",
+        {
+            "input": {
+                "incidentId": "INC-PAGE-1",
+                "kind": "phase",
+                "phase": "gather",
+                "occurredAt": (detected + timedelta(minutes=4)).isoformat(),
+                "note": "bridge opened",
+            }
+        },
         persona="ingest",
     )
     assert "errors" not in body, body
@@ -603,3 +610,27 @@ async def test_metrics_never_name_an_internal_kpi_an_exec_asked_for(pages):
     assert 'route="/ui/kpis/{slug}"' in text
     assert CANARY not in text
 
+
+async def test_the_kept_catalogue_is_never_another_personas(pages):
+    """The worker keeps rendered catalogues: one kept for a responder is not an exec's."""
+    await sign_in(pages, "responder")
+    assert CANARY_NAME in await (await pages.get("/ui/kpis")).text()
+    pages.session.cookie_jar.clear()
+    await sign_in(pages, "exec")
+    text = await (await pages.get("/ui/kpis")).text()
+    assert "Mean Time to Resolve" in text
+    assert not [w for w in (*CANARY_WORDS, "mtta") if w in text]
+
+
+async def test_the_kept_catalogue_follows_every_write(pages):
+    """A change committed anywhere moves the data generation: the next catalogue shows it."""
+    await sign_in(pages, "exec")
+    assert "Mean Time to Resolve" in await (await pages.get("/ui/kpis")).text()
+    body = await gql(
+        pages,
+        'mutation { updateKpiDefinition(slug: "mttr", input: {name: "Time To Resolve, Renamed"}) '
+        "{ version } }",
+    )
+    assert "errors" not in body, body
+    text = await (await pages.get("/ui/kpis")).text()
+    assert "Time To Resolve, Renamed" in text and "Mean Time to Resolve" not in text
