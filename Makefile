@@ -11,7 +11,7 @@ CODEGEN := clients/python/.venv
 TS_CLIENT := clients/typescript
 CODEGEN_STAMP := $(CODEGEN)/.installed-$(shell cat clients/python/requirements.lock $(TS_CLIENT)/package-lock.json | cksum | cut -d' ' -f1)
 
-.PHONY: setup run test lint schema security clean clients codegen-tools
+.PHONY: setup run test lint schema security clean clients codegen-tools vendor
 
 setup: $(STAMP)
 
@@ -83,6 +83,10 @@ $(CODEGEN_STAMP): clients/python/requirements.lock $(TS_CLIENT)/package-lock.jso
 # or schema/operations, and commit it.
 clients: codegen-tools
 	$(CODEGEN)/bin/python clients/python/generate.py
+
+# Refetch the browser packages GraphiQL runs on and rewrite their manifest (server/vendor.py).
+vendor: setup
+	$(BIN)/python -m server.vendor
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(CODEGEN) $(TS_CLIENT)/node_modules $(TS_CLIENT)/src

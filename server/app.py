@@ -33,6 +33,7 @@ from schema.limits import refused_by, request_refusal
 from server import (
     compression,
     cors,
+    graphiql,
     health,
     media,
     observe,
@@ -41,6 +42,7 @@ from server import (
     rest,
     revalidation,
     shed,
+    static,
 )
 from server.auth import TokenVerifier
 from server.config import Settings
@@ -141,7 +143,7 @@ async def refuse_encoded_bodies(request: web.Request, handler: Handler) -> web.S
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Refuse every request without a valid token before any handler runs."""
-    if request.path in PUBLIC_PATHS or _is_ide_page(request):
+    if request.path in PUBLIC_PATHS or static.is_static(request.path) or _is_ide_page(request):
         return await handler(request)
     if pages.is_page(request.path):
         return await pages.handle(request, handler)  # a session, not a bearer token
@@ -399,6 +401,10 @@ class MimGraphQLView(GraphQLView[Context, None]):
                 return web.Response(body=answer, content_type="application/json", charset="utf-8")
         return await super().__call__(request)
 
+    async def render_graphql_ide(self, request: web.Request) -> web.Response:
+        # Our page: GraphiQL from /static/ under the pages' policy (server/graphiql.py).
+        return graphiql.page(request)
+
     def should_render_graphql_ide(self, request: Any) -> bool:
         # A GET with a persisted query's hash and no text is a request, not a visit to the IDE.
         return "extensions" not in request.query_params and super().should_render_graphql_ide(
@@ -633,6 +639,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> web.App
     if metrics is not None:
         app.router.add_route("*", METRICS_PATH, serve_metrics)
     rest.add_routes(app)
+    static.add_routes(app)
     pages.setup(app, app[VERIFIER].sign_in)
     if settings.cors_origins:
         # Browser apps on the listed origins may call GraphQL and the REST mirror.

@@ -26,8 +26,8 @@ LOGIN_CSRF_COOKIE = "mim_login_csrf"
 LOGIN_PATH = "/ui/login"
 HOME = "/ui/kpis"
 SESSION = web.RequestKey("page_session", Session)
-# Reached without a session: the sign-in form itself and the pages' own stylesheet.
-OPEN_PATHS = frozenset({LOGIN_PATH, "/ui/static/ui.css", "/ui/static/icon.svg"})
+# Reached without a session: the sign-in form itself.
+OPEN_PATHS = frozenset({LOGIN_PATH})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Verify = Callable[[str], Awaitable[tuple[Viewer, float]]]
@@ -59,6 +59,8 @@ def session_of(request: web.Request) -> Session:
 def safe_next(raw: str | None) -> str:
     """Return where to go after sign-in: a page of ours, never another site."""
     if not raw or not raw.startswith("/ui/") or raw.startswith("//") or "\\" in raw:
+        return HOME
+    if ".." in raw or "%2e" in raw.lower():  # dot segments would climb out of /ui/
         return HOME
     parts = urlsplit(raw)
     if parts.scheme or parts.netloc or parts.path in OPEN_PATHS:

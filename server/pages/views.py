@@ -192,8 +192,11 @@ async def incident_list(request: web.Request) -> web.StreamResponse:
     viewer = viewer_of(request)
     choice = request.query.get("severity", "all")
     severity = None if choice == "all" else Severity.__members__.get(choice)
-    if choice != "all" and severity is None:
-        return bad_request(request, BadInput("severity must be P1, P2, P3, P4 or all"))
+    repeated = any(len(request.query.getall(name, [])) > 1 for name in ("severity", "after"))
+    if (choice != "all" and severity is None) or repeated:
+        return bad_request(
+            request, BadInput("give severity (P1, P2, P3, P4 or all) and after at most once")
+        )
     after = request.query.get("after") or None
     page = await incidents.page(
         viewer=viewer,

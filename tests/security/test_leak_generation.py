@@ -6,20 +6,24 @@ arguments again (the internal slugs, real incident ids and cursors, exec slugs, 
 aliases, `__typename`, fragments and `@skip`/`@include`, names some operations and moves some
 arguments into variables. Each request is sent over real HTTP with real exec and stakeholder
 tokens, by POST and by GET (query, variables and operationName in the query string); the REST
-mirror gets generated paths and parameters, invalid ones included. The world is seeded with
-canaries: an internal KPI whose every text field carries a marker, sentinel values on the
-observations of both internal KPIs (ingested and computed), and the seeded internal `mtta`, whose
-slug, name and owner are canaries too.
+mirror gets generated paths and parameters, invalid ones included; the pages under /ui/ get
+generated paths, parameters, forms and headers, sent with a session each exec-only persona
+opened through the sign-in form. The world is seeded with canaries: an internal KPI whose every
+text field carries a marker, sentinel values on the observations of both internal KPIs (ingested
+and computed), and the seeded internal `mtta`, whose slug, name and owner are canaries too.
 
 The raw text of every answer, body and headers, is searched for every canary; only an ETag or a
-request id that is an opaque hash is left out. Where the request itself names an internal slug
+request id that is an opaque hash is left out (and on the pages, the random session ids and CSRF
+tokens). A page is also searched for the numbers as a page prints them (`987,654`), in its link
+targets and redirects once percent-decoded. Where the request itself names an internal slug
 (and an error could echo it), the answer is compared with the answer to the same request naming
 an absent slug of the same length instead: same status, same body bytes, same headers.
 
 MIM_LEAK_SIZE=full (`make security`) sends at least 10,000 query requests (and as many by GET),
-2,000 mutation requests and 2,000 REST requests per exec-only persona; the default `ci` sample is
-a small fraction. Hypothesis cannot drive an async test, so the shapes are drawn by a synchronous
-`@given` function that collects them; LEAK_SEED replays a run's requests exactly.
+2,000 mutation requests, 2,000 REST requests and 2,000 page requests per exec-only persona; the
+default `ci` sample is a small fraction. Hypothesis cannot drive an async test, so the shapes are
+drawn by a synchronous `@given` function that collects them; LEAK_SEED replays a run's requests
+exactly.
 """
 
 from __future__ import annotations
@@ -36,18 +40,23 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote, urlencode
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, quote, unquote, urlencode, urljoin, urlsplit
 
+import aiohttp
 import graphql
 import pytest
 from aiohttp.test_utils import TestClient
 from hypothesis import strategies as st
 from hypothesis_graphql import from_schema, mutations, nodes, queries
+from yarl import URL
 
 from registry import generation
 from registry.tables import TABLES, KpiObservation
+from server.pages import format as page_format
+from server.pages import session as page_session
 from tests.conftest import COUNTS, EXEC_ONLY, draw_examples, make_token, run_seed
 
 pytestmark = [
@@ -80,14 +89,15 @@ class Size:
     shapes_per_mutation: int  # per Mutation field, plus as many again from both roots at once
     mutations: int  # distinct mutation requests
     rest: int  # REST requests
+    pages: int  # requests to the pages under /ui/, each with an exec-only persona's session
     control_every: int  # every n-th query request is also sent with an admin token
 
 
 # MIM_LEAK_SIZE picks one; LEAK_SCALE multiplies its counts (e.g. LEAK_SCALE=5 for a long soak);
 # LEAK_SEED replays one run's requests exactly.
 SIZES = {
-    "ci": Size(24, 24, 480, 4, 120, 240, 4),
-    "full": Size(200, 200, 10_000, 25, 2_000, 2_500, 20),
+    "ci": Size(24, 24, 480, 4, 120, 240, 240, 4),
+    "full": Size(200, 200, 10_000, 25, 2_000, 2_500, 2_500, 20),
 }
 # What the full size must reach, per exec-only persona.
 GOALS = {
@@ -95,6 +105,7 @@ GOALS = {
     "GET requests": 10_000,
     "generated mutations": 2_000,
     "REST requests": 2_000,
+    "page requests": 2_000,
 }
 SIZE_NAME = os.environ.get("MIM_LEAK_SIZE") or "ci"
 assert SIZE_NAME in SIZES, f"MIM_LEAK_SIZE must be one of {sorted(SIZES)}, not {SIZE_NAME!r}"
@@ -940,7 +951,10 @@ async def world_marks(client: TestClient) -> dict[str, str]:
     )
 
 
-def in_world(request: Request, marks: dict[str, str]) -> Request:
+Marked = TypeVar("Marked", "Request", "PageRequest")
+
+
+def in_world(request: Marked, marks: dict[str, str]) -> Marked:
     """Return the request with this world's values in place of the stand-ins."""
     if not any(mark in request.text() for mark in marks):
         return request
@@ -1267,13 +1281,13 @@ class Findings:
         self.twins[persona] += 1
         twin_answer = await twin()
         self.check(persona, twin_request, twin_answer, **check)
-        ours, theirs = {twin_view(answer)}, {comparable(twin_answer)}
+        ours, theirs = {self.twin_view(answer)}, {self.comparable(twin_answer)}
         for _ in range(RESENDS if ours.isdisjoint(theirs) else 0):
             self.unsteady[persona] += 1
-            ours.add(twin_view(await again()))
+            ours.add(self.twin_view(await again()))
             retwin = await twin()
             self.check(persona, twin_request, retwin, **check)
-            theirs.add(comparable(retwin))
+            theirs.add(self.comparable(retwin))
             if not ours.isdisjoint(theirs):
                 break
         if ours.isdisjoint(theirs):
@@ -1282,6 +1296,12 @@ class Findings:
                 f"{twin_request!r} (internal slugs swapped for absent ones) on {RESENDS + 1} "
                 f"sends of each: {sorted(ours)} != {sorted(theirs)}"
             )
+
+    def twin_view(self, answer: Answer) -> Any:
+        return twin_view(answer)
+
+    def comparable(self, answer: Answer) -> Any:
+        return comparable(answer)
 
     def outcome(self, persona: str, body: dict[str, Any] | None) -> None:
         self.sent[persona] += 1
@@ -1298,10 +1318,10 @@ class Findings:
         self.outcomes[(persona, found)] += 1
 
 
-def canaries_in(text: str, request: str) -> list[str]:
+def canaries_in(text: str, request: str, canaries: Sequence[str] = CANARIES) -> list[str]:
     """Return the canaries in `text` that the request did not itself send."""
     low, asked = text.lower(), request.lower()
-    return [c for c in CANARIES if c.lower() in low and c.lower() not in asked]
+    return [c for c in canaries if c.lower() in low and c.lower() not in asked]
 
 
 def internal_values(value: Any, visible: Collection[str] = EXEC_SLUGS, key: str = "") -> list[str]:
@@ -1696,6 +1716,632 @@ async def test_generated_rest_requests_show_exec_only_tokens_no_internal_kpi(
         assert findings.outcomes[(persona, "HTTP 404")] > 0, findings.report()
     assert {"kpis", "incidents"} <= set(findings.fields)
     reaches_goal(findings, "REST requests")
+
+
+# --- page requests -------------------------------------------------------------------------------
+
+# The numbers as a page prints them (`987,654 min`): grouped, rounded, so none of CANARIES' forms.
+PAGE_CANARIES = (
+    *CANARIES,
+    *(
+        page_format.number(value)
+        for value in (
+            SENTINEL,
+            MTTA_SENTINEL,
+            MTTA_COMPUTED,
+            MTTA_COMPUTED * 60,
+            CANARY_THRESHOLD,
+            CANARY_PERSONA_THRESHOLD,
+        )
+    ),
+)
+PAGE_STATUSES = frozenset({200, 303, 304, 400, 404, 405})
+# Stand-ins for what only a session knows (its form token, the persona's token) and for cursors
+# that the world issues and then are spoiled; replaced per persona when the request is sent.
+SESSION_CSRF, OTHER_CSRF = "session-csrf-mark", "other-csrf-mark"
+OWN_TOKEN, EXPIRED_TOKEN = "own-token-mark", "expired-token-mark"
+PAGE_CURSOR = "page-cursor-mark"  # the next-page link of an admin's incident list
+TAMPERED_MARKS = tuple(f"tampered-cursor-{n}" for n in range(4))
+# An id no session has: the request meets the sign-in redirect, which names it in `next`.
+STALE_SESSION = "S" * 43
+# Extra incidents, so that an incident list has a next page (25 to a page) whose cursor an admin's
+# page hands out.
+PAGED_INCIDENTS = 27
+# Every n-th request is also sent with an admin's session, whose answer must show the canaries.
+PAGE_CONTROL_EVERY = 8
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    """One generated request to the pages under /ui/ (or next to them), sent with a session."""
+
+    route: str  # what it aims at, for the report
+    method: str
+    path: str  # percent-encoded, and sent as it is: dot segments and all
+    params: tuple[tuple[str, str], ...]
+    form: tuple[tuple[str, str], ...] | None  # a form's fields, for a POST
+    headers: tuple[tuple[str, str], ...]
+    cookies: tuple[tuple[str, str], ...]  # beside the session's
+    session: str  # "own"; "fresh": one signed in for this request alone (it may end it); "stale"
+
+    def target(self) -> str:
+        query = urlencode(self.params, quote_via=quote)
+        return self.path + (f"?{query}" if query else "")
+
+    def sent(self) -> str:
+        return f"{self.method} {self.target()} {self.form} {self.headers} {self.cookies}"
+
+    def text(self) -> str:
+        """What the request sends, and the same percent-decoded: what an answer may echo."""
+        return f"{self.sent()}\n{decoded(self.sent())}"
+
+    def twins_cleanly(self) -> bool:
+        """Whether swapping the internal slugs for their twins reaches every slug it names: not
+        when one is percent-encoded (`%6D%74%74%61`, which the server reads as `mtta`)."""
+        return as_twin(decoded(self.sent())) == decoded(as_twin(self.sent()))
+
+    def mapped(self, change: Callable[[str], str]) -> PageRequest:
+        def pairs(items: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+            return tuple((k, change(v)) for k, v in items)
+
+        return replace(
+            self,
+            path=change(self.path),
+            params=pairs(self.params),
+            form=None if self.form is None else pairs(self.form),
+            headers=pairs(self.headers),
+            cookies=pairs(self.cookies),
+        )
+
+
+def decoded(text: str) -> str:
+    """Return `text` percent-decoded until it stops changing (at most three times)."""
+    for _ in range(3):
+        plain = unquote(text)
+        if plain == text:
+            break
+        text = plain
+    return text
+
+
+class PageValues(RestValues):
+    """Paths, parameters, forms and headers for the pages, invalid ones included."""
+
+    def page_slug(self) -> str:
+        """A slug path segment: as for the REST mirror, and in other cases now and then."""
+        if self.rng.random() < 0.08:
+            cased = ("MTTA", "Mtta", CANARY_SLUG.upper(), "Zz-Canary-Formerly", "MTTR", "Mttr")
+            return self.segment(self.rng.choice(cased))
+        return self.slug_segment()
+
+    def severity(self, valid: Sequence[str]) -> str:
+        if self.rng.random() < 0.82:
+            return self.rng.choice(valid)
+        odd = ("p1", "ALL", "All", "P5", "", " P1", "P1 ", "P1,P2", "P0", *INTERNAL_SLUGS)
+        return self.rng.choice(odd) if self.rng.random() < 0.7 else self.text()
+
+    def after(self) -> str:
+        roll = self.rng.random()
+        if roll < 0.4:
+            return self.rng.choice(CURSOR_MARKS)
+        if roll < 0.55:
+            return PAGE_CURSOR
+        if roll < 0.75:
+            return self.rng.choice(TAMPERED_MARKS)
+        odd = ("", "null", "0", "a" * 200, "bXR0YQ", "enotY2FuYXJ5LWludGVybmFs", "%", "====")
+        return self.rng.choice(odd) if self.rng.random() < 0.5 else self.text()
+
+    def next_target(self) -> str:
+        """Where to go after sign-in: pages, internal ones too, and other places."""
+        rng, slug = self.rng, self.rng.choice((*INTERNAL_SLUGS, *EXEC_SLUGS, UNKNOWN_SLUG))
+        return rng.choice(
+            (
+                f"/ui/kpis/{slug}",
+                f"/ui/kpis/{slug}?severity={rng.choice(('P1', 'P2', 'all', 'P9'))}",
+                f"/ui/kpis/{quote(slug, safe='')}",
+                f"/ui/kpis/{''.join(f'%{ord(c):02X}' for c in slug)}",
+                f"/ui/incidents?severity=P1&after={rng.choice(CURSOR_MARKS)}",
+                f"/ui/incidents/{rng.choice(INCIDENT_IDS)}",
+                "/ui/kpis",
+                "/ui/login",
+                "/static/mim/ui.css",
+                f'/ui/../graphql?query={{kpi(slug:"{slug}"){{name}}}}',
+                f"https://evil.example/ui/kpis/{slug}",
+                f"//evil.example/ui/kpis/{slug}",
+                f"/\\evil.example/{slug}",
+                f"javascript:alert('{slug}')",
+                f"/graphql?slug={slug}",
+                f"/kpis/{slug}",
+                self.text(),
+            )
+        )
+
+    def login_form(self, cookies: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+        """A sign-in form: mostly with a CSRF token matching its cookie, as a browser sends."""
+        rng, fields = self.rng, []
+        csrf = "".join(rng.choices(TOKEN_ALPHABET, k=rng.choice((20, 32, 43, 64))))
+        roll = rng.random()
+        if roll < 0.65:
+            cookies.append((page_session.LOGIN_CSRF_COOKIE, csrf))
+            fields.append(("csrf", csrf))
+        elif roll < 0.8:
+            fields.append(("csrf", csrf))  # no cookie: refused
+        elif roll < 0.9:
+            cookies.append((page_session.LOGIN_CSRF_COOKIE, csrf))
+            fields.append(("csrf", rng.choice((SESSION_CSRF, "", csrf[::-1], self.text()))))
+        tokens = (OWN_TOKEN, OWN_TOKEN, OWN_TOKEN, EXPIRED_TOKEN, "", "not-a-token", self.text())
+        if rng.random() < 0.95:
+            fields.append(("token", rng.choice(tokens)))
+        for _ in range(rng.choice((0, 1, 1, 1, 2))):
+            fields.append(("next", self.next_target()))
+        rng.shuffle(fields)
+        return tuple(fields)
+
+    def logout_form(self) -> tuple[tuple[str, str], ...]:
+        roll = self.rng.random()
+        if roll < 0.35:
+            return (("csrf", SESSION_CSRF),)
+        if roll < 0.5:
+            return ()
+        return (("csrf", self.rng.choice((OTHER_CSRF, "", SESSION_CSRF[::-1], self.text()))),)
+
+    def odd_path(self) -> str:
+        """A path under /ui/ that no route takes as it is: slashes, dot segments, case, suffixes."""
+        slug, incident = self.page_slug(), self.incident_segment()
+        return self.rng.choice(
+            (
+                f"/ui/kpis/{slug}/",
+                f"/ui/KPIS/{slug}",
+                f"/ui/Kpis/{slug}",
+                f"/ui/kpis/{slug}/../{slug}",
+                f"/ui/kpis/../kpis/{slug}",
+                f"/ui/./kpis/{slug}",
+                f"/ui//kpis/{slug}",
+                f"/ui/kpis//{slug}",
+                f"/ui/kpis/{slug}/revisions",
+                f"/ui/kpis/{slug}.json",
+                f"/ui/kpis/{slug};severity=P1",
+                f"/ui/kpis%2F{slug}",
+                f"/ui/%6Bpis/{slug}",
+                f"/ui/{slug}",
+                f"/ui/static/{slug}",
+                f"/ui/static/../kpis/{slug}",
+                f"/ui/static/ui.css/../../kpis/{slug}",
+                f"/ui/incidents/{incident}/",
+                f"/ui/incidents/{incident}/kpis/{slug}",
+                f"/ui/incidents/{incident}/../../kpis/{slug}",
+                "/ui/kpis/",
+                "/ui/incidents/",
+                "/ui/login/",
+                "/ui/LOGIN",
+                "/ui/static/",
+                "/ui/nope",
+            )
+        )
+
+    def request(self, route: str | None = None) -> PageRequest:
+        """A request to one of PAGE_ROUTES drawn by weight, by any method; or a GET (a form's
+        POST) to `route` with the persona's own session."""
+        rng, drawn = self.rng, route is None
+        params: list[tuple[str, str]] = []
+        cookies: list[tuple[str, str]] = []
+        form: tuple[tuple[str, str], ...] | None = None
+        session = "own"
+        methods = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS")
+        method = rng.choices(methods, (84, 10, 3, 1, 1, 1))[0] if drawn else "GET"
+        route = route or rng.choices(list(PAGE_ROUTES), list(PAGE_ROUTES.values()))[0]
+        if route == "catalogue":
+            path = "/ui/kpis"
+        elif route == "kpi":
+            path = f"/ui/kpis/{self.page_slug()}"
+            for _ in range(rng.choice((0, 1, 1, 1, 2))):
+                params.append(("severity", self.severity(("P1", "P2", "all"))))
+        elif route == "incidents":
+            path = "/ui/incidents"
+            for _ in range(rng.choice((0, 1, 1, 1, 2))):
+                params.append(("severity", self.severity(("all", "P1", "P2", "P3", "P4"))))
+            for _ in range(rng.choice((0, 1, 1, 2))):
+                params.append(("after", self.after()))
+        elif route == "incident":
+            path = f"/ui/incidents/{self.incident_segment()}"
+        elif route == "sign-in form":
+            path = page_session.LOGIN_PATH
+            for _ in range(rng.choice((0, 1, 1, 1, 2))):
+                params.append(("next", self.next_target()))
+        elif route == "sign-in":
+            path, method = page_session.LOGIN_PATH, "POST"
+            form = self.login_form(cookies)
+        elif route == "sign-out":
+            path, method = "/ui/logout", "POST"
+            form = self.logout_form()
+            session = "fresh" if form == (("csrf", SESSION_CSRF),) else "own"
+        elif route == "static":
+            path = rng.choice(("/static/mim/ui.css", "/static/mim/favicon.svg"))
+            if rng.random() < 0.5:
+                params.append(("v", rng.choice(("0123456789abcdef", *INTERNAL_SLUGS))))
+        elif route == "home":
+            path = rng.choice(("/ui", "/ui/"))
+        else:
+            path = self.odd_path()
+        if rng.random() < 0.12:
+            name = rng.choice(("slug", "kpi", "next", "after", "severity", "id", "q", "v"))
+            params.append((name, rng.choice((*INTERNAL_SLUGS, self.slug(), self.text()))))
+        rng.shuffle(params)
+        if method == "POST" and form is None and rng.random() < 0.7:
+            form = (("csrf", SESSION_CSRF), ("slug", self.slug()))
+        if session == "own" and drawn and rng.random() < 0.02:
+            session = "stale"
+        return PageRequest(
+            route, method, path, tuple(params), form, self.page_headers(), tuple(cookies), session
+        )
+
+    def page_headers(self) -> tuple[tuple[str, str], ...]:
+        rng = self.rng
+        headers: list[tuple[str, str]] = []
+        if rng.random() < 0.25:
+            accept = (
+                "text/html",
+                "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+                "application/json",
+                "*/*",
+                "image/svg+xml",
+                self.token(),
+            )
+            headers.append(("Accept", rng.choice(accept)))
+        if rng.random() < 0.08:
+            tag = ('"0123456789abcdef0123456789abcdef01234567"', "*", 'W/"x"', self.token())
+            headers.append(("If-None-Match", rng.choice(tag)))
+        # Without the header, aiohttp's client asks for gzip itself; bodies are read decompressed.
+        if rng.random() < 0.5:
+            codings = ("gzip", "gzip, deflate, br", "identity", "gzip;q=0", "*", "br", "x-gzip")
+            headers.append(("Accept-Encoding", rng.choice(codings)))
+        if rng.random() < 0.05:
+            slug = rng.choice((*INTERNAL_SLUGS, *EXEC_SLUGS))
+            headers.append(("Referer", f"http://127.0.0.1/ui/kpis/{slug}"))
+        if rng.random() < 0.03:
+            headers.append(("Origin", rng.choice(("https://evil.example", "null"))))
+        return tuple(headers)
+
+
+TOKEN_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+# What the requests aim at, and how often (in percent).
+PAGE_ROUTES = {
+    "catalogue": 12,
+    "kpi": 30,
+    "incidents": 18,
+    "incident": 14,
+    "sign-in form": 7,
+    "sign-in": 5,
+    "sign-out": 3,
+    "static": 3,
+    "home": 2,
+    "odd path": 6,
+}
+
+
+@functools.cache
+def page_requests() -> list[PageRequest]:
+    """The run's page requests: the first to each route in turn (the catalogue first, so that
+    the first admin control shows the canaries), the others to routes drawn by weight."""
+    values = PageValues(random.Random(SEED * 1000 + 5))
+    routes = list(PAGE_ROUTES)
+    return [values.request(routes[i] if i < len(routes) else None) for i in range(SIZE.pages)]
+
+
+# --- a browser: sessions opened through the sign-in form -----------------------------------------
+
+
+@dataclass(frozen=True)
+class Signed:
+    """A session opened through the form: its cookie and the CSRF token its forms carry."""
+
+    persona: str
+    cookie: str
+    csrf: str
+
+
+class Browser:
+    """Sends page requests as a browser would, but keeps no cookies: each request carries the
+    session it is given, so personas' sessions never mix on the one connection pool."""
+
+    def __init__(self, http: aiohttp.ClientSession, base: str) -> None:
+        self.http, self.base = http, base.rstrip("/")
+
+    async def send(self, request: PageRequest, cookie: str | None) -> Answer:
+        cookies = [*([(page_session.SESSION_COOKIE, cookie)] if cookie else []), *request.cookies]
+        headers = list(request.headers)
+        if cookies:
+            headers.append(("Cookie", "; ".join(f"{k}={v}" for k, v in cookies)))
+        async with self.http.request(
+            request.method,
+            URL(self.base + request.target(), encoded=True),
+            headers=headers,
+            data=None if request.form is None else list(request.form),
+            allow_redirects=False,
+        ) as response:
+            text = (await response.read()).decode("utf-8", "replace")
+            return response.status, text, tuple(response.headers.items())
+
+    async def sign_in(self, persona: str) -> Signed:
+        """Fill in the sign-in form with the persona's token; return the session it opened."""
+        async with self.http.get(f"{self.base}{page_session.LOGIN_PATH}") as form:
+            login_csrf = form.cookies[page_session.LOGIN_CSRF_COOKIE].value
+            assert form_field(await form.text(), "csrf") == login_csrf
+        async with self.http.post(
+            f"{self.base}{page_session.LOGIN_PATH}",
+            data={
+                "token": make_token(persona, sub="leak-probe"),
+                "csrf": login_csrf,
+                "next": page_session.HOME,
+            },
+            headers={"Cookie": f"{page_session.LOGIN_CSRF_COOKIE}={login_csrf}"},
+            allow_redirects=False,
+        ) as posted:
+            assert posted.status == 303, await posted.text()
+            cookie = posted.cookies[page_session.SESSION_COOKIE].value
+        # The smallest page that shows the session's form token: the one for no such page.
+        async with self.http.get(
+            f"{self.base}/ui/nope", headers={"Cookie": f"{page_session.SESSION_COOKIE}={cookie}"}
+        ) as page:
+            text = await page.text()
+            assert page.status == 404 and "leak-probe" in text, text
+        return Signed(persona, cookie, form_field(text, "csrf"))
+
+
+class _Links(HTMLParser):
+    """The link targets of a page: every URL an attribute names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+        self.fields: dict[str, str] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        for name in ("href", "src", "action", "formaction", "xlink:href", "srcset", "poster"):
+            if found.get(name):
+                self.urls.append(str(found[name]))
+        if tag == "input" and found.get("name"):
+            self.fields.setdefault(str(found["name"]), str(found.get("value") or ""))
+
+
+def parsed(text: str) -> _Links:
+    links = _Links()
+    links.feed(text)
+    links.close()
+    return links
+
+
+def form_field(text: str, name: str) -> str:
+    value = parsed(text).fields.get(name)
+    assert value, f"no {name} field in {text[:300]}"
+    return value
+
+
+# --- checking one page ---------------------------------------------------------------------------
+
+# secrets.token_urlsafe(32): a session id or a CSRF token, random: left out of the canary search
+# (as an opaque hash is) and of the comparison with a twin.
+RANDOM_TOKEN = "[A-Za-z0-9_-]{43}"
+CSRF_FIELD = re.compile(f'(name="csrf" value="){RANDOM_TOKEN}"')
+COOKIE_VALUE = re.compile(
+    f"^((?:{page_session.SESSION_COOKIE}|{page_session.LOGIN_CSRF_COOKIE})=){RANDOM_TOKEN}(?=;|$)"
+)
+COOKIE_TIMES = re.compile(r"((?:expires|max-age)=)[^;]*", re.IGNORECASE)
+KPI_LINK = re.compile(r"/ui/kpis/([^/?#]+)")
+
+
+def without_random(answer: Answer) -> Answer:
+    status, text, headers = answer
+    return (
+        status,
+        CSRF_FIELD.sub(r'\1…"', text),
+        tuple(
+            (name, COOKIE_VALUE.sub(r"\1…", value) if name.lower() == "set-cookie" else value)
+            for name, value in headers
+        ),
+    )
+
+
+def page_comparable(answer: Answer) -> Answer:
+    """Return a page's answer as two answers that reveal the same must compare: the random
+    tokens, and the times a cookie is set for, reduced to their presence."""
+    status, text, headers = comparable(without_random(answer))
+    return (
+        status,
+        text,
+        tuple(
+            (name, COOKIE_TIMES.sub(r"\1…", value) if name == "set-cookie" else value)
+            for name, value in headers
+        ),
+    )
+
+
+class PageFindings(Findings):
+    """Findings for the pages: HTML bodies, their link targets, redirects and cookies."""
+
+    def __init__(self, title: str) -> None:
+        super().__init__(title)
+        self.bodies: Counter[str] = Counter()  # content types, and whether gzipped
+
+    def twin_view(self, answer: Answer) -> Any:
+        status, text, headers = page_comparable(answer)
+        return status, as_twin(text), tuple((name, as_twin(value)) for name, value in headers)
+
+    def comparable(self, answer: Answer) -> Any:
+        return page_comparable(answer)
+
+    def check(
+        self,
+        persona: str,
+        request: str,
+        answer: Answer,
+        *,
+        statuses: frozenset[int],
+        **_: Any,
+    ) -> None:
+        """Record what is wrong with one answer to an exec-only session.
+
+        `request` is PageRequest.text(): its first line starts with the method and the target.
+        """
+        status, text, headers = answer
+        where = f"{persona}: {request.splitlines()[0]!r}"
+        self.statuses[status] += 1
+        if status not in statuses:
+            self.faults.append(f"HTTP {status} for {where}: {text[:300]}")
+        shown = {name.lower(): value for name, value in headers}
+        gzipped = shown.get("content-encoding") == "gzip"
+        self.bodies[
+            shown.get("content-type", "none").split(";")[0] + (", gzip" if gzipped else "")
+        ] += 1
+        html = shown.get("content-type", "").startswith("text/html")
+        if html and text and not text.startswith("<!doctype html>"):
+            # e.g. a compressed body read as it came: it would hide whatever it holds.
+            self.faults.append(f"not a page for {where}: {text[:100]!r}")
+        targets = parsed(text).urls if html else []
+        if "location" in shown:
+            targets.append(shown["location"])
+        base = "http://127.0.0.1" + request.split(" ", 2)[1]
+        resolved = [decoded(urljoin(base, target)) for target in targets]
+        searched = "\n".join([searchable(without_random(answer)), *resolved])
+        leaked = canaries_in(searched, request, PAGE_CANARIES)
+        if leaked:
+            self.leaks.append(f"{leaked} in the answer to {where}: {searched[:800]}")
+        asked = request.lower()
+        for url in resolved:
+            found = KPI_LINK.match(urlsplit(url).path)
+            if found and found[1] not in EXEC_SLUGS and found[1].lower() not in asked:
+                self.leaks.append(f"a link to {url!r} in the answer to {where}")
+
+    def report(self) -> str:
+        return f"{super().report()}\n  bodies: {dict(sorted(self.bodies.items()))}"
+
+
+# --- the pages, generated -------------------------------------------------------------------------
+
+
+async def page_world(client: TestClient, browser: Browser, admin: Signed) -> dict[str, str]:
+    """Add incidents enough for a second page; return the cursors the stand-ins stand for: one
+    from the next-page link of an admin's incident list, others the API issued, spoiled ones."""
+    upserts = [
+        f'i{n}: upsertIncident(input: {{id: "INC-PAGED-{n}", title: "Paged {n}", '
+        f'severity: P{n % 4 + 1}, detectedAt: "2026-05-{n + 1:02d}T10:00:00Z"}}) {{ id }}'
+        for n in range(PAGED_INCIDENTS)
+    ]
+    for start in range(0, len(upserts), 10):  # within the cap on aliases
+        await ok(client, "ingest", f"mutation {{ {' '.join(upserts[start : start + 10])} }}")
+    listing = PageRequest("incidents", "GET", "/ui/incidents", (), None, (), (), "own")
+    status, text, _ = await browser.send(listing, admin.cookie)
+    pager = [u for u in parsed(text).urls if "after=" in u]
+    assert status == 200 and len(pager) == 1, pager
+    (page_cursor,) = parse_qs(urlsplit(pager[0]).query)["after"]
+    data = await ok(client, "admin", "{ incidents(first: 100) { edges { cursor } } }")
+    issued = [e["cursor"] for e in data["incidents"]["edges"]]
+    assert page_cursor in issued
+    step = len(issued) // len(CURSOR_MARKS)
+    picked = issued[::step][: len(CURSOR_MARKS)]
+    tampered = [
+        picked[0][:9] + ("A" if picked[0][9] != "A" else "B") + picked[0][10:],  # a changed byte
+        picked[1][:-1],  # cut short
+        picked[2] + "=",  # padded: another spelling of the same bytes
+        picked[3].swapcase(),
+    ]
+    return (
+        dict(zip(CURSOR_MARKS, picked, strict=True))
+        | dict(zip(TAMPERED_MARKS, tampered, strict=True))
+        | {PAGE_CURSOR: page_cursor}
+    )
+
+
+async def test_generated_page_requests_show_exec_only_sessions_no_internal_kpi(
+    client: TestClient, record_property: Callable[[str, object], None], figure: Any
+) -> None:
+    """Each exec-only persona signs in through the form; every generated request then goes with
+    its session, and every n-th with an admin's too, whose answer must show the canaries."""
+    await seed_world(client)
+    started = time.monotonic()
+    findings = PageFindings("generated page requests")
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        browser = Browser(http, str(client.make_url("/")))
+        signed = {p: await browser.sign_in(p) for p in (*EXEC_ONLY, "admin")}
+        cursors = await page_world(client, browser, signed["admin"])
+        # The control: the pages do print the canaries, in the forms searched for, to an admin.
+        control = PageRequest(
+            "kpi", "GET", f"/ui/kpis/{CANARY_SLUG}", (("severity", "all"),), None, (), (), "own"
+        )
+        status, text, _ = await browser.send(control, signed["admin"].cookie)
+        assert status == 200 and page_format.number(SENTINEL) in text and TAG in text, text
+
+        def marks(persona: str, session: Signed) -> dict[str, str]:
+            other = signed[next(p for p in EXEC_ONLY if p != persona)]
+            return cursors | {
+                SESSION_CSRF: session.csrf,
+                OTHER_CSRF: other.csrf,
+                OWN_TOKEN: make_token(persona, sub="leak-probe"),
+                EXPIRED_TOKEN: make_token(persona, sub="leak-probe", ttl=-120),
+            }
+
+        async def session_for(persona: str, request: PageRequest) -> Signed:
+            if request.session == "fresh":
+                return await browser.sign_in(persona)
+            if request.session == "stale":
+                return Signed(persona, STALE_SESSION, "")
+            return signed[persona]
+
+        def job(index: int, request: PageRequest) -> Callable[[], Awaitable[None]]:
+            async def run() -> None:
+                check = {"statuses": PAGE_STATUSES}
+                findings.fields[request.route] += 1
+                if index % PAGE_CONTROL_EVERY == 0 and request.session == "own":
+                    admin = signed["admin"]
+                    sent = in_world(request, marks("admin", admin))
+                    answer = await browser.send(sent, admin.cookie)
+                    findings.control["sent"] += 1
+                    shown = canaries_in(searchable(answer), sent.text(), PAGE_CANARIES)
+                    findings.control["showed a canary"] += bool(shown)
+                    if answer[0] not in PAGE_STATUSES:
+                        findings.faults.append(f"admin answer {answer[0]} to {sent.sent()!r}")
+                for n, persona in enumerate(EXEC_ONLY):
+                    session = await session_for(persona, request)
+                    persona_marks = marks(persona, session)
+                    sent = in_world(request, persona_marks)
+                    answer = await browser.send(sent, session.cookie)
+                    findings.check(persona, sent.text(), answer, **check)
+                    findings.sent[persona] += 1
+                    findings.outcomes[(persona, f"HTTP {answer[0]}")] += 1
+                    twin = (index + n) % 2 == 0 and request.session == "own"  # one persona in turn
+                    if twin and twin_of(request.sent()) is not None and request.twins_cleanly():
+                        other = in_world(request.mapped(as_twin), persona_marks)
+                        await findings.twin(
+                            persona,
+                            sent.text(),
+                            answer,
+                            functools.partial(browser.send, sent, session.cookie),
+                            other.text(),
+                            functools.partial(browser.send, other, session.cookie),
+                            **check,
+                        )
+
+            return run
+
+        findings.seconds["signing in, seeding"] = time.monotonic() - started
+        sending = time.monotonic()
+        await at_most(IN_FLIGHT, (job(i, r) for i, r in enumerate(page_requests())))
+        findings.seconds["sending"] = time.monotonic() - sending
+    print("\n" + findings.report())
+    record_property(findings.title, findings.report())
+    findings.count("page requests", figure)
+    fail_on(findings)
+    # Every route answered, pages as well as refusals, compressed and not, and the twins ran.
+    for persona in EXEC_ONLY:
+        assert findings.share(persona, "HTTP 200") >= 0.3, findings.report()
+        for status in (303, 400, 404, 405):
+            assert findings.outcomes[(persona, f"HTTP {status}")] > 0, (status, findings.report())
+    assert set(findings.fields) == set(PAGE_ROUTES), findings.report()
+    assert findings.bodies["text/html, gzip"] > 0 and findings.bodies["text/html"] > 0
+    assert sum(findings.twins.values()) > 0, findings.report()
+    assert findings.control["showed a canary"] > 0, findings.control
+    reaches_goal(findings, "page requests")
 
 
 # --- an internal slug reads as one that does not exist --------------------------------------------

@@ -582,7 +582,7 @@ async def test_pages_allow_only_their_own_origin(pages, path):
     assert "no-store" in response.headers["Cache-Control"]
     text = await response.text()
     for url in Parsed(text).urls:
-        assert url.startswith(("/ui/", "?", "#")), (path, url)
+        assert url.startswith(("/ui/", "/static/mim/", "?", "#")), (path, url)
     assert "http://" not in text and "https://" not in text
     assert "<script" not in text and " style=" not in text
 
@@ -594,11 +594,14 @@ async def test_an_unknown_page_is_an_html_404(pages):
     assert response.content_type == "text/html"
 
 
-async def test_the_stylesheet_and_icon_are_served_without_a_session(client):
-    for path, kind in (("/ui/static/ui.css", "text/css"), ("/ui/static/icon.svg", "image/svg+xml")):
-        response = await client.get(path)
+async def test_the_stylesheet_and_icon_are_the_services_own(client):
+    text = await (await client.get("/ui/login")).text()
+    links = [u for u in Parsed(text).urls if u.startswith("/static/")]
+    assert len(links) == 2  # the icon and the stylesheet, served without a session
+    for link in links:
+        response = await client.get(link)
         assert response.status == 200
-        assert response.content_type == kind
+        assert response.content_type in ("text/css", "image/svg+xml")
         assert "http" not in (await response.text()).replace("http://www.w3.org/2000/svg", "")
 
 
@@ -634,3 +637,27 @@ async def test_the_kept_catalogue_follows_every_write(pages):
     assert "errors" not in body, body
     text = await (await pages.get("/ui/kpis")).text()
     assert "Time To Resolve, Renamed" in text and "Mean Time to Resolve" not in text
+
+
+@pytest.mark.parametrize(
+    "next_", ["/ui/../graphql", "/ui/%2e%2e/graphql", "/ui/kpis/../../metrics", "/ui/%2E%2E/x"]
+)
+async def test_dot_segments_never_lead_out_of_the_pages(client, next_):
+    await sign_in(client, "exec")
+    response = await client.get("/ui/login", params={"next": next_}, allow_redirects=False)
+    assert response.status == 303
+    assert response.headers["Location"] == "/ui/kpis"
+
+
+async def test_a_wrong_method_is_an_html_405_with_allow(pages):
+    await sign_in(pages, "admin")
+    response = await pages.delete("/ui/kpis")
+    assert response.status == 405
+    assert response.content_type == "text/html"
+    assert "GET" in response.headers["Allow"]
+
+
+async def test_a_repeated_incident_filter_is_a_400(pages):
+    await sign_in(pages, "admin")
+    response = await pages.get("/ui/incidents?severity=P3&severity=P2")
+    assert response.status == 400
