@@ -56,7 +56,7 @@ test: lint codegen-tools
 # concurrent writes and rows found, faults injected and recovered.
 security: setup
 	rm -f .security-figures.jsonl
-	TEST_DATABASE_URL="$${TEST_DATABASE_URL:-$$TEST_POSTGRES_URL}" MIM_LEAK_SIZE=full \
+	TEST_DATABASE_URL="$${TEST_DATABASE_URL:-$$TEST_POSTGRES_URL}" MIM_LEAK_SIZE=full MIM_OVERLOAD_SECONDS=3 \
 		MIM_FIGURES_FILE=$(CURDIR)/.security-figures.jsonl $(BIN)/pytest -q -m security
 	$(BIN)/python -m tests.figures .security-figures.jsonl
 

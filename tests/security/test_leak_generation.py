@@ -96,7 +96,7 @@ class Size:
 # MIM_LEAK_SIZE picks one; LEAK_SCALE multiplies its counts (e.g. LEAK_SCALE=5 for a long soak);
 # LEAK_SEED replays one run's requests exactly.
 SIZES = {
-    "ci": Size(24, 24, 480, 4, 120, 240, 240, 4),
+    "ci": Size(16, 16, 240, 4, 120, 240, 240, 4),
     "full": Size(200, 200, 10_000, 25, 2_000, 2_500, 2_500, 20),
 }
 # What the full size must reach, per exec-only persona.
