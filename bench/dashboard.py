@@ -1,6 +1,7 @@
 """Dashboards at scorecard speed: summaries and series from rollups, against two baselines.
 
-Starts the service (`mim serve`, one worker) and two baselines (bench/dashboard_baseline.py:
+Starts the service (`mim serve`, one worker; and again as `fresh`, with kept answers off, so that
+every answer is computed from the rollups) and two baselines (bench/dashboard_baseline.py:
 `raw`, one aggregate statement over the raw observations; `rollup`, one statement over tables
 materialized once, the physical limit) on the benchmark database, checks that they answer alike,
 and drives each document with `--connections` keep-alive connections for `--duration` seconds
@@ -71,12 +72,16 @@ WEEKS = 13
 
 
 class Server:
-    def __init__(self, name: str, port: int, command: list[str], log: Path) -> None:
+    def __init__(
+        self, name: str, port: int, command: list[str], log: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.name, self.port, self.command, self.log = name, port, command, log
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, url: str) -> None:
         env = {**os.environ, "DATABASE_URL": url, "MIM_JWT_SECRET": SECRET, "MIM_GRAPHIQL": "0"}
+        env.update(self.env)
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
                 self.command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
@@ -270,6 +275,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                               str(ROOT / "bench/dashboard_baseline.py"),
                                               "--port", str(base + 2), "--mode", "rollup",
                                               "--documents", str(spec)], logs / "rollup.log"),
+        # The service computing every answer afresh: kept answers off (server/answers.py).
+        "fresh": Server("fresh", base + 3, [str(ROOT / ".venv/bin/mim"), "serve", "--host", HOST,
+                                            "--port", str(base + 3)], logs / "fresh.log",
+                        {"MIM_ANSWER_CACHE": "0"}),
     }  # fmt: skip
     bearer = token()
     results: dict[str, Any] = {"weeks": bounds, "cells": {}, "differences": {}, "first_ms": {}}
@@ -281,7 +290,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # The same answers (a warm-up too: the service summarizes its groups once).
         for name in ("dashboard", "series", "series-all"):
             answers = {}
-            for target in ("service", "raw", "rollup"):
+            for target in ("service", "fresh", "raw", "rollup"):
                 port = servers[target].port
                 started = time.perf_counter()
                 status, body, _ = await request(port, post_bytes(port, documents[name], bearer))
@@ -292,7 +301,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 answers[target] = json.loads(body)
                 assert "errors" not in answers[target], (target, answers[target])
             results["differences"][name] = {
-                t: close(answers["service"], answers[t])[:3] for t in ("raw", "rollup")
+                t: close(answers["service"], answers[t])[:3] for t in ("fresh", "raw", "rollup")
             }
         port = base
         _, _, headers = await request(
@@ -303,7 +312,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             ("list", "service", post_bytes(port, LIST, bearer)),
         ]
         for name in ("dashboard", "series", "series-all"):
-            for target in ("service", "raw", "rollup"):
+            for target in ("service", "fresh", "raw", "rollup"):
                 p = servers[target].port
                 cells.append((name, target, post_bytes(p, documents[name], bearer)))
         cells.append(("dashboard-304", "service", get_bytes(port, DASHBOARD, bearer, tag)))
@@ -334,11 +343,11 @@ def summary(results: dict[str, Any]) -> None:
     listing = rps("list/service")
     print("\nratios (same run):")
     for name in ("dashboard", "series", "series-all"):
-        service = rps(f"{name}/service")
+        service, fresh, rollup = (rps(f"{name}/{t}") for t in ("service", "fresh", "rollup"))
         print(
             f"  {name:<11} service/list {service / listing:5.3f}   service/raw "
-            f"{service / rps(f'{name}/raw'):6.2f}   service/rollup "
-            f"{service / rps(f'{name}/rollup'):5.3f}"
+            f"{service / rps(f'{name}/raw'):6.2f}   service/rollup {service / rollup:5.3f}"
+            f"   fresh/rollup {fresh / rollup:5.3f} (kept answers off)"
         )
     print(f"  304         /list {rps('dashboard-304/service') / listing:5.3f}")
     for name, found in results["differences"].items():

@@ -58,6 +58,21 @@ class FastPath:
             log.exception("compiling a plan failed; the standard executor answers instead")
             return None
 
+    def covers(self, body: Mapping[str, Any]) -> bool:
+        """Return whether a plan would answer this request body (unless the data says no)."""
+        query, operation_name, variables = (
+            body.get("query"),
+            body.get("operationName"),
+            body.get("variables"),
+        )
+        return (
+            isinstance(query, str)
+            and isinstance(operation_name, str | None)
+            and isinstance(variables, dict | None)
+            and self.plan(query, operation_name) is not None
+            and request_refusal(query, operation_name, variables) is None
+        )
+
     async def respond(self, body: Mapping[str, Any], viewer: Viewer) -> bytes | None:
         """Return the response body for a request body, or None to pass it on."""
         answer = await self._answer(body, viewer)

@@ -45,6 +45,8 @@ class Settings:
     introspection: bool = True
     # Compiled plans answer the queries they cover; off, every request takes the standard path.
     fast_path: bool = True
+    # Answers of the compiled plans kept per worker until the data changes (server/answers.py).
+    answer_cache: bool = True
     request_timeout_seconds: float = 15.0
     # Personas whose tokens may run only the operations the project ships (server/persisted.py).
     trusted_personas: frozenset[Persona] = frozenset()
@@ -100,6 +102,7 @@ class Settings:
             graphiql=_flag(env, "MIM_GRAPHIQL", True),
             introspection=_flag(env, "MIM_INTROSPECTION", True),
             fast_path=_flag(env, "MIM_FAST_PATH", True),
+            answer_cache=_flag(env, "MIM_ANSWER_CACHE", True),
             request_timeout_seconds=_seconds(env, "MIM_REQUEST_TIMEOUT", 15.0),
             max_inflight=_max_inflight(env),
             trusted_personas=_personas(env, "MIM_TRUSTED_OPERATIONS"),

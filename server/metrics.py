@@ -125,7 +125,7 @@ class Metrics:
         self.operations = Counter(
             "mim_graphql_operations",
             "GraphQL operations, by type, operation name (shipped operations; 'other' for the "
-            "rest), path taken (plan, executor, not_modified, refused) and first error code.",
+            "rest), path taken (plan, kept, executor, not_modified, refused) and first error code.",
             ["type", "operation", "path", "code"],
             registry=into,
         )

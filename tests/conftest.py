@@ -34,6 +34,9 @@ ENV = {
     # looks for jobs on a timer, so no statement runs that a test did not ask for.
     "MIM_RECOMPUTE_WAIT": "3600",
     "MIM_RECOMPUTE_POLL": "0",
+    # Every request is answered afresh, so that tests count what a plan or the executor does;
+    # kept answers are tested on their own (tests/server/test_answers.py) and by the leak search.
+    "MIM_ANSWER_CACHE": "0",
 }
 
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402

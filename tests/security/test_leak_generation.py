@@ -55,9 +55,10 @@ from yarl import URL
 
 from registry import generation
 from registry.tables import TABLES, KpiObservation
+from server.config import Settings
 from server.pages import format as page_format
 from server.pages import session as page_session
-from tests.conftest import COUNTS, EXEC_ONLY, draw_examples, make_token, run_seed
+from tests.conftest import COUNTS, ENV, EXEC_ONLY, draw_examples, make_token, run_seed
 
 pytestmark = [
     pytest.mark.security,
@@ -77,6 +78,13 @@ SCHEMA_SDL = (Path(__file__).resolve().parents[2] / "schema.graphql").read_text(
 SCHEMA = graphql.build_schema(SCHEMA_SDL)
 QUERY_FIELDS = sorted(SCHEMA.query_type.fields) if SCHEMA.query_type else []
 MUTATION_FIELDS = sorted(SCHEMA.mutation_type.fields) if SCHEMA.mutation_type else []
+
+
+@pytest.fixture
+def settings() -> Settings:
+    """The service as it runs: answers kept per worker too (server/answers.py), so that the
+    search also tries every request against answers kept for other callers."""
+    return Settings.from_env({**ENV, "MIM_ANSWER_CACHE": "1"})
 
 
 @dataclass(frozen=True)
@@ -1127,6 +1135,8 @@ def searchable(answer: Answer) -> str:
     return "\n".join([text, *shown])
 
 
+# The GraphiQL page's style nonce, new with every page (in its CSP and its script's attribute).
+NONCE = re.compile(r"nonce-[A-Za-z0-9_-]+|(?<=data-style-nonce=\")[A-Za-z0-9_-]+")
 # How many more times a request and its twin are sent when their answers differ.
 RESENDS = 4
 
@@ -1144,9 +1154,12 @@ def comparable(answer: Answer) -> tuple[int, str, tuple[tuple[str, str], ...]]:
     status, text, headers = answer
     reduced = (*OPAQUE, "date", "content-length")
     kept = tuple(
-        sorted((name.lower(), "…" if name.lower() in reduced else value) for name, value in headers)
+        sorted(
+            (name.lower(), "…" if name.lower() in reduced else NONCE.sub("nonce-…", value))
+            for name, value in headers
+        )
     )
-    return status, text, kept
+    return status, NONCE.sub("nonce-…", text), kept
 
 
 class Findings:
