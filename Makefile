@@ -58,6 +58,8 @@ security: setup
 	rm -f .security-figures.jsonl
 	TEST_DATABASE_URL="$${TEST_DATABASE_URL:-$$TEST_POSTGRES_URL}" MIM_LEAK_SIZE=full MIM_OVERLOAD_SECONDS=3 \
 		MIM_FIGURES_FILE=$(CURDIR)/.security-figures.jsonl $(BIN)/pytest -q -m security
+	TEST_DATABASE_URL="$${TEST_DATABASE_URL:-$$TEST_POSTGRES_URL}" MIM_FUZZ_EXAMPLES=200 \
+		MIM_FIGURES_FILE=$(CURDIR)/.security-figures.jsonl $(BIN)/pytest -q tests/server/test_rest_fuzz.py
 	$(BIN)/python -m tests.figures .security-figures.jsonl
 
 schema: setup codegen-tools

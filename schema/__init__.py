@@ -26,7 +26,14 @@ from strawberry.types.graphql import OperationType
 from schema.definitions import DefinitionsMutation
 from schema.incidents import IncidentMutation, IncidentQuery
 from schema.kpis import KpiMutation, KpiQuery
-from schema.limits import MAX_TOKENS, ListArguments, QueryCost, request_refusal
+from schema.limits import (
+    MAX_COST,
+    MAX_LIST_ITEMS,
+    MAX_TOKENS,
+    ListArguments,
+    QueryCost,
+    request_refusal,
+)
 from schema.observations import ObservationMutation
 from schema.scalars import DateTime
 
@@ -42,11 +49,18 @@ warnings.filterwarnings("ignore", message=UNSTARTED_RESOLVER, category=RuntimeWa
 MAX_DEPTH = 10
 MAX_ALIASES = 15
 CACHE_SIZE = 256
+LIMITS = (
+    f"A request beyond these limits is BAD_USER_INPUT before anything runs: {MAX_DEPTH} levels "
+    f"below the root field, {MAX_ALIASES} aliases, {MAX_TOKENS:,} tokens, an estimated cost of "
+    f"{MAX_COST:,} (each field 1; a list multiplies what it holds by its size: first, a "
+    f"series' buckets, or an assumed one), and {MAX_LIST_ITEMS} items in any list argument or "
+    "list inside an input (recordObservations: 1,000)."
+)
 
 
 @strawberry.type(
     description="Reads, for every known persona (a token naming none gets FORBIDDEN). A KPI "
-    "the caller may not see does not exist for it."
+    "the caller may not see does not exist for it. " + LIMITS
 )
 class Query(KpiQuery, IncidentQuery):
     pass
@@ -54,7 +68,8 @@ class Query(KpiQuery, IncidentQuery):
 
 @strawberry.type(
     description="Writes: definition mutations and backfillKpi for admins; incident and "
-    "observation mutations for ingest and admin. A rejected mutation writes nothing."
+    "observation mutations for ingest and admin. A rejected mutation writes nothing. Text "
+    "values hold no NUL character and no lone surrogate (else BAD_USER_INPUT). " + LIMITS
 )
 class Mutation(KpiMutation, DefinitionsMutation, IncidentMutation, ObservationMutation):
     pass

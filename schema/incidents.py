@@ -19,8 +19,11 @@ if TYPE_CHECKING:
 
 # An incident's data, each type's fields declared once on its row (schema/fields.py).
 
+INCIDENT_KEY = (
+    "e.g. INC-2041: 1 to 64 letters, digits or . _ : / -, starting with a letter or digit"
+)
 INCIDENT_ID = (
-    "The incident's id (its external key, e.g. INC-2041); an unknown one is BAD_USER_INPUT."
+    f"An existing incident's id, its external key ({INCIDENT_KEY}); any other is BAD_USER_INPUT."
 )
 
 
@@ -250,7 +253,10 @@ class IncidentQuery:
         info: Info,
         id: Annotated[
             strawberry.ID,
-            strawberry.argument(description="The external incident key, e.g. INC-2041."),
+            strawberry.argument(
+                description=f"The external incident key ({INCIDENT_KEY}); any other string "
+                "finds none (null)."
+            ),
         ],
     ) -> IncidentType | None:
         found = await incidents.by_key(viewer=info.context.viewer, key=str(id))

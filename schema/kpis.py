@@ -116,7 +116,8 @@ SEVERITY = (
     "Only observations of incidents of this severity, judged against its own target, else one "
     "for every severity; null: every incident, judged against a target for every severity."
 )
-SLUG = "The KPI's slug."
+SLUG_RULE = "^[a-z][a-z0-9]*(-[a-z0-9]+)*$, at most 64 characters"
+SLUG = f"The KPI's slug ({SLUG_RULE}); any other string finds no KPI (null)."
 EXPRESSION = (
     "The formula the service computes for every incident (docs/formulas.md), at most 2,000 "
     "characters; an invalid one is BAD_USER_INPUT with the position of the problem. Null: "
@@ -125,7 +126,7 @@ EXPRESSION = (
 TARGETS = "At most 50, one per (severity, persona); null or []: none."
 DATA_SOURCES = "At most 50, each not blank and at most 200 characters; null or []: none."
 CADENCE = "A positive ISO 8601 duration of at most 10 years, e.g. P90D."
-KNOWN_SLUG = "The KPI's slug; an unknown one is BAD_USER_INPUT."
+KNOWN_SLUG = f"An existing KPI's slug ({SLUG_RULE}); any other is BAD_USER_INPUT."
 NOTE = "Why, recorded on the revision; at most 4,000 characters. Null: no note."
 ADMIN = "Admin only (others: FORBIDDEN)."
 WAIT = "which the answer waits for up to MIM_RECOMPUTE_WAIT seconds (default 2)."
@@ -640,7 +641,13 @@ class KpiMutation:
     async def backfill_kpi(
         self,
         info: Info,
-        slug: Annotated[str, strawberry.argument(description="The KPI's slug.")],
+        slug: Annotated[
+            str,
+            strawberry.argument(
+                description="The slug of an active KPI with an expression; any other is "
+                "BAD_USER_INPUT."
+            ),
+        ],
     ) -> BackfillResult:
         viewer = info.context.viewer
         await recompute.request(viewer=viewer, slug=slug)

@@ -93,10 +93,11 @@ class KpiObservation:
 )
 class RecordObservationInput:
     kpi_slug: str = strawberry.field(
-        description="An active KPI the caller may see (else BAD_USER_INPUT)."
+        description="The slug of an active KPI the caller may see (else BAD_USER_INPUT)."
     )
     incident_id: strawberry.ID = strawberry.field(
-        description="The incident's id (its external key, e.g. INC-2041); an unknown one is "
+        description="An existing incident's id, its external key (e.g. INC-2041: 1 to 64 "
+        "letters, digits or . _ : / -, starting with a letter or digit); any other is "
         "BAD_USER_INPUT."
     )
     timestamp: datetime = strawberry.field(description="When the value holds.")

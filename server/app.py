@@ -38,6 +38,7 @@ from server import (
     health,
     media,
     observe,
+    openapi,
     pages,
     persisted,
     rest,
@@ -90,7 +91,7 @@ UNAUTHENTICATED_BODY = json.dumps(
         ]
     }
 )
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", openapi.PATH})
 METRICS_PATH = "/metrics"
 _NAME = re.compile(r"[_A-Za-z][_0-9A-Za-z]*")
 MAX_HEADER_BYTES = 32 * 1024
@@ -652,6 +653,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> web.App
     app.router.add_route("POST", "/graphql", view)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
+    app.router.add_get(openapi.PATH, openapi.serve)  # public: it names no KPI
     if metrics is not None:
         app.router.add_route("*", METRICS_PATH, serve_metrics)
     rest.add_routes(app)

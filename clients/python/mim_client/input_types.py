@@ -14,7 +14,7 @@ class AlertInput(BaseModel):
     """An alert raised for an existing incident."""
 
     incident_id: str = Field(alias="incidentId")
-    "The incident's id (its external key, e.g. INC-2041); an unknown one is BAD_USER_INPUT."
+    "An existing incident's id, its external key (e.g. INC-2041: 1 to 64 letters, digits or . _ : / -, starting with a letter or digit); any other is BAD_USER_INPUT."
     issue_time: datetime = Field(alias="issueTime")
     "When the alert was issued."
     source: Optional[str] = None
@@ -82,7 +82,7 @@ class MilestoneInput(BaseModel):
     """A milestone of an existing incident: upsert by (incident, name)."""
 
     incident_id: str = Field(alias="incidentId")
-    "The incident's id (its external key, e.g. INC-2041); an unknown one is BAD_USER_INPUT."
+    "An existing incident's id, its external key (e.g. INC-2041: 1 to 64 letters, digits or . _ : / -, starting with a letter or digit); any other is BAD_USER_INPUT."
     name: str
     "Not blank, at most 200 characters; a name the incident already has replaces that milestone's committedEta and deliveredAt."
     committed_eta: datetime = Field(alias="committedEta")
@@ -95,9 +95,9 @@ class RecordObservationInput(BaseModel):
     """An ingested value of a KPI for an incident. Recording one that exists with the same value returns the stored row; another value for the same (KPI, incident, timestamp) is CONFLICT."""
 
     kpi_slug: str = Field(alias="kpiSlug")
-    "An active KPI the caller may see (else BAD_USER_INPUT)."
+    "The slug of an active KPI the caller may see (else BAD_USER_INPUT)."
     incident_id: str = Field(alias="incidentId")
-    "The incident's id (its external key, e.g. INC-2041); an unknown one is BAD_USER_INPUT."
+    "An existing incident's id, its external key (e.g. INC-2041: 1 to 64 letters, digits or . _ : / -, starting with a letter or digit); any other is BAD_USER_INPUT."
     timestamp: datetime
     "When the value holds."
     value: float
@@ -112,7 +112,7 @@ class SurveyResponseInput(BaseModel):
     """A stakeholder's post-incident survey answer."""
 
     incident_id: str = Field(alias="incidentId")
-    "The incident's id (its external key, e.g. INC-2041); an unknown one is BAD_USER_INPUT."
+    "An existing incident's id, its external key (e.g. INC-2041: 1 to 64 letters, digits or . _ : / -, starting with a letter or digit); any other is BAD_USER_INPUT."
     score: int
     "1 to 5 (else BAD_USER_INPUT)."
     submitted_at: datetime = Field(alias="submittedAt")
@@ -123,7 +123,7 @@ class TimelineEventInput(BaseModel):
     """A timeline event of an existing incident."""
 
     incident_id: str = Field(alias="incidentId")
-    "The incident's id (its external key, e.g. INC-2041); an unknown one is BAD_USER_INPUT."
+    "An existing incident's id, its external key (e.g. INC-2041: 1 to 64 letters, digits or . _ : / -, starting with a letter or digit); any other is BAD_USER_INPUT."
     kind: str
     "What happened, e.g. phase_entered; not blank, at most 64 characters."
     phase: Optional[str] = None
