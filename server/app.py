@@ -186,8 +186,7 @@ async def revalidate(request: web.Request, handler: Handler) -> web.StreamRespon
     Only answers without errors are tagged; every other response is no-store (_no_store).
     """
     response = await handler(request)
-    revalidation.tag_answer(request, response)
-    return response
+    return revalidation.tag_answer(request, response)
 
 
 @web.middleware

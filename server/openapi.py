@@ -604,7 +604,7 @@ async def serve(request: web.Request) -> web.Response:
     """Answer GET /openapi.json: the document, or 304 when the caller holds its tag."""
     headers = {"ETag": _tag(), "Cache-Control": "no-cache"}
     held = request.headers.get("If-None-Match")
-    if request.method == "GET" and revalidation.matches(held, _tag()):
+    if request.method == "GET" and revalidation.matches(held, _tag(), exists=True):
         return web.Response(status=304, headers=headers)
     return web.Response(
         text=text(), content_type="application/json", charset="utf-8", headers=headers

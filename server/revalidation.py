@@ -84,21 +84,28 @@ async def check(request: web.Request, viewer: Viewer, *, clock: bool) -> web.Res
     return None
 
 
-def tag_answer(request: web.Request, response: web.StreamResponse) -> None:
-    """Give a tagged request's successful answer (no errors) its ETag and caching headers."""
+def tag_answer(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """Give a tagged request's successful answer (no errors) its ETag and caching headers; for
+    `If-None-Match: *`, the 304 that now knows the answer exists."""
     tag = request.get(ETAG)
     body = response.body if isinstance(response, web.Response) else None
     if tag and response.status == 200 and isinstance(body, bytes) and b'"errors":' not in body:
+        if "*" in _candidates(request.headers.get("If-None-Match")):
+            return not_modified(tag)
         mark(response, tag)
+    return response
 
 
-def matches(header: str | None, tag: str) -> bool:
-    """Return whether an If-None-Match header names this tag (or is `*`)."""
-    if not header:
-        return False
-    candidates = [part.strip() for part in header.split(",")]
-    # A weak comparison, as If-None-Match asks (RFC 9110 13.1.2): W/"x" matches "x".
-    return "*" in candidates or any(c.removeprefix("W/") == tag for c in candidates)
+def _candidates(header: str | None) -> list[str]:
+    return [part.strip() for part in header.split(",")] if header else []
+
+
+def matches(header: str | None, tag: str, *, exists: bool = False) -> bool:
+    """Return whether an If-None-Match header names this tag, or is `*` for a resource known to
+    exist (RFC 9110 13.1.2; a query's answer is known once made: tag_answer)."""
+    candidates = _candidates(header)
+    # A weak comparison, as If-None-Match asks: W/"x" matches "x".
+    return (exists and "*" in candidates) or any(c.removeprefix("W/") == tag for c in candidates)
 
 
 def not_modified(tag: str) -> web.Response:

@@ -106,7 +106,7 @@ async def serve(request: web.Request) -> web.Response:
         "Cache-Control": IMMUTABLE if request.query.get("v") == version else REVALIDATE,
         "X-Content-Type-Options": "nosniff",
     }
-    if revalidation.matches(request.headers.get("If-None-Match"), tag):
+    if revalidation.matches(request.headers.get("If-None-Match"), tag, exists=True):
         return web.Response(status=304, headers=headers)
     charset = "utf-8" if asset.content_type in TEXT else None
     body = asset.body()

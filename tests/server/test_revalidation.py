@@ -252,3 +252,17 @@ async def test_a_review_falling_due_changes_the_tag_of_those_who_can_see_it(
     assert later.status == 200
     _Later.shift = timedelta(days=31)  # cadence-adherence too: everyone sees that one
     assert (await get(client, REVIEWS, "exec", tag=now["exec"])).status == 200
+
+
+@pytest.mark.parametrize("path", ["/kpis/zz-no-such-kpi", "/kpis/mtta"])
+async def test_if_none_match_star_never_hides_a_missing_or_hidden_answer(
+    client: TestClient, path: str
+) -> None:
+    """`*` matches only an answer that exists (RFC 9110 13.1.2): an unknown KPI, or one the
+    exec may not see, stays the 404 it is; a persona-less token stays refused."""
+    response = await client.get(path, headers=auth("exec", **{"If-None-Match": "*"}))
+    assert response.status == 404
+    found = await client.get("/kpis/mttr", headers=auth("exec", **{"If-None-Match": "*"}))
+    assert found.status == 304 and found.headers["ETag"]
+    nobody = await client.get("/kpis/mttr", headers=auth("nobody", **{"If-None-Match": "*"}))
+    assert nobody.status == 403
