@@ -33,6 +33,7 @@ run: setup
 	$(BIN)/mim demo --if-empty
 	@echo
 	@echo "GraphiQL:  http://$${MIM_HOST:-127.0.0.1}:$${MIM_PORT:-8080}/graphql"
+	@echo "Pages:     http://$${MIM_HOST:-127.0.0.1}:$${MIM_PORT:-8080}/ui/  (sign in with a token)"
 	@echo "Tokens:    $(BIN)/mim token --persona exec   (or stakeholder, responder, ingest, admin)"
 	@echo "An admin token for this session:"
 	@$(BIN)/mim token --persona admin --sub demo-admin
