@@ -41,6 +41,47 @@ class IncidentFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class Window:
+    """Which page to read (Relay's rules): `first` after a cursor, or `last` before one.
+
+    Neither first nor last: the first 20; `before` alone: the last 20 before it.
+    """
+
+    first: int | None = None
+    after: str | None = None
+    last: int | None = None
+    before: str | None = None
+
+    @property
+    def backward(self) -> bool:
+        return self.last is not None or self.before is not None
+
+    @property
+    def size(self) -> int:
+        return self.last if self.backward and self.last is not None else self.first or 20
+
+    def check(self) -> None:
+        """Raise BadInput for a mix of directions or a size outside 1..100."""
+        if self.first is not None and self.last is not None:
+            raise BadInput("Give first (with after) or last (with before), not both.")
+        if self.after is not None and (self.last is not None or self.before is not None):
+            raise BadInput("after pages forward with first; page backward with last and before.")
+        if self.before is not None and self.first is not None:
+            raise BadInput("before pages backward with last; page forward with first and after.")
+        for name, size in (("first", self.first), ("last", self.last)):
+            if size is not None and not 1 <= size <= MAX_PAGE:
+                raise BadInput(f"{name} must be between 1 and {MAX_PAGE}")
+
+    async def position(self) -> tuple[datetime, int] | None:
+        """Return where the window's cursor points, if it has one (BadInput if not ours)."""
+        name, cursor = ("before", self.before) if self.backward else ("after", self.after)
+        if cursor is None:
+            return None
+        await opaque.load()
+        return opaque.open_cursor(cursor, name)
+
+
+@dataclass(frozen=True, slots=True)
 class IncidentPage:
     incidents: list[Incident]
     cursors: list[str]
@@ -51,7 +92,9 @@ async def page(
     *, viewer: Viewer, first: int, after: str | None, where: IncidentFilter
 ) -> IncidentPage:
     """Return up to `first` incidents newest first, after an opaque cursor."""
-    rows, has_next_page = await page_rows(viewer=viewer, first=first, after=after, where=where)
+    rows, has_next_page = await page_rows(
+        viewer=viewer, window=Window(first=first, after=after), where=where
+    )
     await opaque.load()
     incidents = [incident_from_row(row) for row in rows]
     return IncidentPage(
@@ -62,13 +105,54 @@ async def page(
 
 
 async def page_rows(
-    *, viewer: Viewer, first: int, after: str | None, where: IncidentFilter
+    *, viewer: Viewer, window: Window, where: IncidentFilter
 ) -> tuple[Sequence[Mapping[str, Any]], bool]:
-    """Return up to `first` incident rows newest first after a cursor, and whether more follow."""
+    """Return a page of incident rows newest first, and whether more lie beyond it (after it
+    going forward, before it going backward)."""
     policy.require(viewer, policy.Action.READ)
-    if not 1 <= first <= MAX_PAGE:
-        raise BadInput(f"first must be between 1 and {MAX_PAGE}")
+    window.check()
     statement = db.statement()
+    clauses = _filter_sql(where, statement)
+    if (position := await window.position()) is not None:
+        at, pk = position
+        newer = ">" if window.backward else "<"
+        clauses.append(
+            f"(detected_at {newer} {statement.arg(at)}"
+            f" OR (detected_at = {statement.arg(at)} AND id {newer} {statement.arg(pk)}))"
+        )
+    order = "ASC" if window.backward else "DESC"  # read from the cursor outwards
+    sql = f"SELECT {INCIDENT_COLUMNS} FROM incident"
+    if clauses:
+        sql += " WHERE " + " AND ".join(clauses)
+    size = window.size
+    sql += f" ORDER BY detected_at {order}, id {order} LIMIT {statement.arg(size + 1)}"
+    rows = await db.fetch(sql, statement.args)
+    found = list(rows[:size])
+    if window.backward:
+        found.reverse()
+    return found, len(rows) > size
+
+
+async def behind_cursor(*, viewer: Viewer, window: Window, where: IncidentFilter) -> bool:
+    """Return whether incidents lie on the cursor's side of a page: before a page after `after`,
+    after a page before `before` (the cursor's own incident included); False without a cursor."""
+    policy.require(viewer, policy.Action.READ)
+    window.check()
+    if (position := await window.position()) is None:
+        return False
+    at, pk = position
+    statement = db.statement()
+    clauses = _filter_sql(where, statement)
+    side = "<" if window.backward else ">"
+    clauses.append(
+        f"(detected_at {side} {statement.arg(at)}"
+        f" OR (detected_at = {statement.arg(at)} AND id {side}= {statement.arg(pk)}))"
+    )
+    sql = "SELECT 1 FROM incident WHERE " + " AND ".join(clauses) + " LIMIT 1"
+    return bool(await db.fetch(sql, statement.args))
+
+
+def _filter_sql(where: IncidentFilter, statement: db.Statement) -> list[str]:
     clauses = []
     if where.severity is not None:
         clauses.append(f"severity = {statement.arg(where.severity.value)}")
@@ -78,19 +162,7 @@ async def page_rows(
     if where.detected_to is not None:
         end = validate.utc(where.detected_to, "detectedTo")
         clauses.append(f"detected_at < {statement.arg(end)}")
-    if after is not None:
-        await opaque.load()
-        detected_at, pk = opaque.open_cursor(after)
-        clauses.append(
-            f"(detected_at < {statement.arg(detected_at)}"
-            f" OR (detected_at = {statement.arg(detected_at)} AND id < {statement.arg(pk)}))"
-        )
-    sql = f"SELECT {INCIDENT_COLUMNS} FROM incident"
-    if clauses:
-        sql += " WHERE " + " AND ".join(clauses)
-    sql += f" ORDER BY detected_at DESC, id DESC LIMIT {statement.arg(first + 1)}"
-    rows = await db.fetch(sql, statement.args)
-    return rows[:first], len(rows) > first
+    return clauses
 
 
 async def count(*, viewer: Viewer, where: IncidentFilter) -> int:

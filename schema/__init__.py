@@ -52,7 +52,7 @@ CACHE_SIZE = 256
 LIMITS = (
     f"A request beyond these limits is BAD_USER_INPUT before anything runs: {MAX_DEPTH} levels "
     f"below the root field, {MAX_ALIASES} aliases, {MAX_TOKENS:,} tokens, an estimated cost of "
-    f"{MAX_COST:,} (each field 1; a list multiplies what it holds by its size: first, a "
+    f"{MAX_COST:,} (each field 1; a list multiplies what it holds by its size: first or last, a "
     f"series' buckets, or an assumed one), and {MAX_LIST_ITEMS} items in any list argument or "
     "list inside an input (recordObservations: 1,000)."
 )
@@ -60,7 +60,8 @@ LIMITS = (
 
 @strawberry.type(
     description="Reads, for every known persona (a token naming none gets FORBIDDEN). A KPI "
-    "the caller may not see does not exist for it. " + LIMITS
+    "the caller may not see does not exist for it. Every field is nullable: one that fails is "
+    "null, with its error, and the others keep their data. " + LIMITS
 )
 class Query(KpiQuery, IncidentQuery):
     pass

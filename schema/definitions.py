@@ -13,12 +13,13 @@ import strawberry
 from registry import definitions_file, kpis, policy
 from registry.errors import BadInput
 from registry.model import Viewer
+from schema.cache_keys import VALUE
 from schema.context import Info
 from schema.enums import PlanAction
 from schema.kpis import FieldChange
 
 
-@strawberry.type(description="What applying a definitions file does (or did) to one KPI.")
+@strawberry.type(description="What applying a definitions file does (or did) to one KPI." + VALUE)
 class PlannedKpi:
     slug: str = strawberry.field(description="The KPI's slug.")
     action: PlanAction = strawberry.field(
@@ -41,7 +42,7 @@ class PlannedKpi:
         )
 
 
-@strawberry.type(description="What applying a definitions file does, or did, KPI by KPI.")
+@strawberry.type(description="What applying a definitions file does, or did, KPI by KPI." + VALUE)
 class DefinitionsPlan:
     changed: bool = strawberry.field(
         description="Whether applying creates, changes, retires or reactivates any KPI (or did)."

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import strawberry
 
 from registry import incidents, model, opaque
+from registry.rows import incident_from_row
+from schema.cache_keys import VALUE, keyed
 from schema.context import Info
 from schema.enums import Severity
 from schema.fields import from_row
@@ -27,7 +29,7 @@ INCIDENT_ID = (
 )
 
 
-@strawberry.type(description="An alert raised for an incident.")
+@strawberry.type(description="An alert raised for an incident." + keyed("id"))
 class Alert:
     id: strawberry.ID = from_row(
         "id", value=opaque.alert_id, description="Opaque and stable; reveals no row id."
@@ -43,7 +45,7 @@ class Alert:
         return cls(row=alert.row)
 
 
-@strawberry.type(description="Something that happened during an incident.")
+@strawberry.type(description="Something that happened during an incident." + VALUE)
 class TimelineEvent:
     kind: str = from_row("kind", description="What happened, e.g. phase_entered.")
     phase: str | None = from_row(
@@ -62,7 +64,7 @@ class TimelineEvent:
 
 @strawberry.type(
     description="A commitment made during an incident: when it was promised for and when it "
-    "was delivered. Unique by name within the incident."
+    "was delivered. Unique by name within the incident." + VALUE
 )
 class Milestone:
     name: str = from_row("name", description="Its name, unique within the incident.")
@@ -77,7 +79,7 @@ class Milestone:
         return cls(row=milestone.row)
 
 
-@strawberry.type(description="A stakeholder's post-incident survey answer.")
+@strawberry.type(description="A stakeholder's post-incident survey answer." + VALUE)
 class SurveyResponse:
     score: int = from_row("score", description="1 to 5.")
     submitted_at: datetime = from_row("submitted_at", description="When it was submitted.")
@@ -91,7 +93,7 @@ class SurveyResponse:
 @strawberry.type(
     name="Incident",
     description="An incident and the data its KPIs are computed from. Every persona sees every "
-    "incident; only its KPIs are filtered by visibility.",
+    "incident; only its KPIs are filtered by visibility." + keyed("id"),
 )
 class IncidentType:
     # Fields read from the incident's row, declared once (schema/fields.py).
@@ -155,27 +157,57 @@ class IncidentType:
         return [KpiObservation.of(o, incident=self) for o in found]
 
 
-@strawberry.type(description="Where a page of incidents stands.")
+@strawberry.type(description="Where a page of incidents stands." + VALUE)
 class PageInfo:
-    has_next_page: bool = strawberry.field(description="Whether more incidents follow this page.")
+    start_cursor: str | None = strawberry.field(
+        description="The first edge's cursor, to pass as before for the page before this one; "
+        "null when the page is empty."
+    )
     end_cursor: str | None = strawberry.field(
         description="The last edge's cursor, to pass as after for the next page; null when the "
         "page is empty."
     )
+    more: strawberry.Private[bool]
+    window: strawberry.Private[incidents.Window]
+    where: strawberry.Private[incidents.IncidentFilter]
+
+    @strawberry.field(
+        description="Whether more incidents follow this page (going backward: whether any "
+        "follow before's incident, that one included)."
+    )
+    async def has_next_page(self, info: Info) -> bool:
+        if not self.window.backward:
+            return self.more
+        return await incidents.behind_cursor(
+            viewer=info.context.viewer, window=self.window, where=self.where
+        )
+
+    @strawberry.field(
+        description="Whether incidents precede this page: going forward, whether any precede "
+        "after's incident, that one included (false without after); going backward, whether "
+        "more precede this page."
+    )
+    async def has_previous_page(self, info: Info) -> bool:
+        if self.window.backward:
+            return self.more
+        return await incidents.behind_cursor(
+            viewer=info.context.viewer, window=self.window, where=self.where
+        )
 
 
-@strawberry.type(description="One incident of a page, with its cursor.")
+@strawberry.type(description="One incident of a page, with its cursor." + VALUE)
 class IncidentEdge:
     cursor: str = strawberry.field(
-        description="Opaque; pass it as incidents(after:) to continue after this incident."
+        description="Opaque; pass it as incidents(after:) to continue after this incident, or "
+        "as incidents(before:) to page back from it."
     )
     node: IncidentType = strawberry.field(description="The incident.")
 
 
-@strawberry.type(description="A page of incidents, newest first.")
+@strawberry.type(description="A page of incidents, newest first." + VALUE)
 class IncidentConnection:
     edges: list[IncidentEdge] = strawberry.field(
-        description="The page: at most `first` incidents, newest first by detectedAt."
+        description="The page: at most `first` (or `last`) incidents, newest first by detectedAt."
     )
     page_info: PageInfo = strawberry.field(description="Whether more follow, and from where.")
     where: strawberry.Private[incidents.IncidentFilter]
@@ -200,15 +232,32 @@ class IncidentQuery:
         first: Annotated[
             int | None,
             strawberry.argument(
-                description="How many to answer, 1 to 100 (else BAD_USER_INPUT); null: 20."
+                description="How many to answer from the start (or from after), 1 to 100 "
+                "(else BAD_USER_INPUT); null: 20, unless last is given. Not with last or before."
             ),
-        ] = 20,
+        ] = None,
         after: Annotated[
             str | None,
             strawberry.argument(
                 description="A cursor from an earlier page: the page starts after its "
                 "incident. One this service did not issue is BAD_USER_INPUT. Null: from the "
-                "newest."
+                "newest. Not with last or before."
+            ),
+        ] = None,
+        last: Annotated[
+            int | None,
+            strawberry.argument(
+                description="Page backward: how many to answer from the end (or just before "
+                "before), 1 to 100 (else BAD_USER_INPUT), still newest first; null: 20 when "
+                "before is given. Not with first or after."
+            ),
+        ] = None,
+        before: Annotated[
+            str | None,
+            strawberry.argument(
+                description="A cursor from an earlier page: the page ends just before its "
+                "incident. One this service did not issue is BAD_USER_INPUT. Not with first "
+                "or after."
             ),
         ] = None,
         severity: Annotated[
@@ -228,22 +277,26 @@ class IncidentQuery:
                 description="Only incidents detected before this (exclusive); null: no upper bound."
             ),
         ] = None,
-    ) -> IncidentConnection:
+    ) -> IncidentConnection | None:
         where = incidents.IncidentFilter(
             severity=severity, detected_from=detected_from, detected_to=detected_to
         )
-        page = await incidents.page(
-            viewer=info.context.viewer,
-            first=20 if first is None else first,
-            after=after,
-            where=where,
-        )
+        window = incidents.Window(first=first, after=after, last=last, before=before)
+        viewer = info.context.viewer
+        rows, more = await incidents.page_rows(viewer=viewer, window=window, where=where)
+        await opaque.load()  # the key the cursors are sealed with
+        found = [incident_from_row(row) for row in rows]
+        cursors = [incidents.encode_cursor(incident) for incident in found]
         edges = [
             IncidentEdge(cursor=cursor, node=IncidentType.of(incident))
-            for incident, cursor in zip(page.incidents, page.cursors, strict=True)
+            for incident, cursor in zip(found, cursors, strict=True)
         ]
         info_ = PageInfo(
-            has_next_page=page.has_next_page, end_cursor=page.cursors[-1] if page.cursors else None
+            start_cursor=cursors[0] if cursors else None,
+            end_cursor=cursors[-1] if cursors else None,
+            more=more,
+            window=window,
+            where=where,
         )
         return IncidentConnection(edges=edges, page_info=info_, where=where)
 

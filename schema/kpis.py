@@ -11,6 +11,7 @@ import strawberry
 from registry import kpis, model, policy, recompute, trends
 from registry.errors import BadInput
 from registry.rows import REVIEW_DUE_COLUMNS, review_due, review_overdue, string_tuple
+from schema.cache_keys import VALUE, keyed
 from schema.context import Info
 from schema.enums import (
     Bucket,
@@ -24,7 +25,7 @@ from schema.enums import (
 from schema.fields import from_row
 
 
-@strawberry.type(name="Viewer", description="Who is asking, as the bearer token proves it.")
+@strawberry.type(name="Viewer", description="Who is asking, as the bearer token proves it." + VALUE)
 class ViewerType:
     subject: str = strawberry.field(description="The token's subject (its sub claim).")
     personas: list[Persona] = strawberry.field(
@@ -40,7 +41,7 @@ class ViewerType:
     name="KpiTarget",
     description="A threshold a KPI's values are judged against. Where several match, the one "
     "that applies is the most specific: a severity's own beats one for every severity, then a "
-    "target for one of the caller's personas beats one for every persona.",
+    "target for one of the caller's personas beats one for every persona." + VALUE,
 )
 class KpiTarget:
     severity: Severity | None = strawberry.field(
@@ -66,7 +67,7 @@ class KpiTarget:
         )
 
 
-@strawberry.type(description="One field's value before and after a change.")
+@strawberry.type(description="One field's value before and after a change." + VALUE)
 class FieldChange:
     field: str = strawberry.field(
         description="The field's GraphQL name, e.g. reviewCadence, status, lastReviewedAt."
@@ -81,7 +82,7 @@ class FieldChange:
     )
 
 
-@strawberry.type(description="One change of a KPI definition: an entry of its audit trail.")
+@strawberry.type(description="One change of a KPI definition: an entry of its audit trail." + VALUE)
 class KpiRevision:
     version: int = strawberry.field(description="The version this change made; 1: creation.")
     changed_at: datetime = strawberry.field(description="When the change was made.")
@@ -143,7 +144,9 @@ TARGET = (
 )
 
 
-@strawberry.type(description="A KPI's observations in a window, aggregated, against its target.")
+@strawberry.type(
+    description="A KPI's observations in a window, aggregated, against its target." + VALUE
+)
 class KpiSummary:
     count: int = strawberry.field(description="Observations aggregated.")
     value: float | None = strawberry.field(
@@ -159,7 +162,7 @@ class KpiSummary:
 @strawberry.type(
     description="One bucket of a series. count and mean are exact; p50 and p90 are exact while "
     "each day, week or month the bucket sums (per severity) holds at most 128 observations, "
-    "and otherwise estimated with a rank error of at most 1% of the bucket's observations."
+    "and otherwise estimated with a rank error of at most 1% of the bucket's observations." + VALUE
 )
 class KpiPoint:
     start: datetime = strawberry.field(
@@ -202,6 +205,7 @@ class KpiPoint:
 
 @strawberry.type(
     description="A KPI's recompute from incident data, run in the background batch by batch."
+    + VALUE
 )
 class KpiRecompute:
     state: RecomputeState = strawberry.field(description="Where the job stands.")
@@ -237,7 +241,7 @@ class KpiRecompute:
 
 
 @strawberry.type(
-    description="What backfillKpi has done so far: final once recompute.state is DONE."
+    description="What backfillKpi has done so far: final once recompute.state is DONE." + VALUE
 )
 class BackfillResult:
     kpi_slug: str = strawberry.field(description="The KPI recomputed.")
@@ -258,7 +262,9 @@ class BackfillResult:
 @strawberry.type(
     name="KpiDefinition",
     description="A KPI: what it measures, how it is computed, its targets, who may see it and "
-    "who owns it. Exec and stakeholder callers see EXEC KPIs only.",
+    "who owns it. Exec and stakeholder callers see EXEC KPIs only."
+    + keyed("slug")
+    + " kpi(asOf:) answers a past state under the same key: read it uncached.",
 )
 class KpiDefinitionType:
     # Fields read from the definition's row are declared once, here (schema/fields.py): the
@@ -438,7 +444,7 @@ class KpiDefinitionType:
 @strawberry.type
 class KpiQuery:
     @strawberry.field(description="Who is asking. FORBIDDEN for a token naming no known persona.")
-    def viewer(self, info: Info) -> ViewerType:
+    def viewer(self, info: Info) -> ViewerType | None:
         viewer = info.context.viewer
         policy.require(viewer, policy.Action.READ)
         visible = policy.visibilities(viewer)
@@ -465,7 +471,7 @@ class KpiQuery:
         include_retired: Annotated[
             bool, strawberry.argument(description="Also list retired KPIs.")
         ] = False,
-    ) -> list[KpiDefinitionType]:
+    ) -> list[KpiDefinitionType] | None:
         found = await kpis.list_definitions(
             viewer=info.context.viewer, visibility=visibility, include_retired=include_retired
         )

@@ -39,7 +39,7 @@ MAX_TOKENS = 1000
 
 MAX_COST = 200_000
 MAX_NESTING = 10
-# How many items a list field is assumed to hold when its size is not given by `first`.
+# How many items a list field is assumed to hold when its size is not given by `first`/`last`.
 LIST_SIZES = {
     "kpis": 25,
     "targets": 10,
@@ -226,8 +226,8 @@ def _field_cost(
     name = node.name.value
     # Reading an argument's list is work too, done wherever the field is resolved.
     own = 1 + _argument_items(node, variables)
-    if name == "incidents":  # a connection: its edges hold `first` nodes
-        size = _first(node, DEFAULT_PAGE)
+    if name == "incidents":  # a connection: its edges hold `first` (or `last`) nodes
+        size = _page_size(node, DEFAULT_PAGE)
         return own + _cost(node.selection_set, fragments, size, seen, variables)
     if name == "edges":
         return own + page * _cost(node.selection_set, fragments, page, seen, variables)
@@ -257,17 +257,19 @@ def _series_points(node: FieldNode) -> int:
     return len(window.starts)
 
 
-def _first(node: FieldNode, default: int) -> int:
+def _page_size(node: FieldNode, default: int) -> int:
+    """Return the most nodes a page may hold: its `first` or `last` (the larger, if both)."""
+    sizes = []
     for argument in node.arguments or ():
-        if argument.name.value != "first":
+        if argument.name.value not in ("first", "last"):
             continue
         value = argument.value
         if isinstance(value, IntValueNode):
-            return min(MAX_PAGE, max(1, int(value.value)))
-        if isinstance(value, VariableNode):
+            sizes.append(min(MAX_PAGE, max(1, int(value.value))))
+        elif isinstance(value, VariableNode):
             # The variable's value (not its default) is not known here: assume the largest page.
-            return MAX_PAGE
-    return default
+            sizes.append(MAX_PAGE)
+    return max(sizes, default=default)
 
 
 class QueryCost(ValidationRule):

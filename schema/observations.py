@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import strawberry
 
 from registry import model, observations, targets
+from schema.cache_keys import keyed
 from schema.context import Info
 from schema.fields import from_row
 from schema.incidents import IncidentType
@@ -18,6 +19,7 @@ from schema.kpis import KpiDefinitionType
 @strawberry.type(
     description="One value of a KPI for an incident: computed by the service from its "
     "expression, or ingested. Unique by (KPI, incident, timestamp)."
+    + keyed("kpi { slug }, incident { id }, timestamp")
 )
 class KpiObservation:
     # Fields read from the observation's row, declared once (schema/fields.py).

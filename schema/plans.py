@@ -414,6 +414,7 @@ class _Compiler:
         connection, fields = self.subfields("IncidentConnection", nodes)
         plan: list[tuple[str, str, Any]] = []  # (key, field, compiled part)
         node_shapes: list[Shape] = []
+        wanted: set[str] = set()  # the PageInfo fields asked for
         for key, subnodes in fields.items():
             name = subnodes[0].name.value
             if name == "edges":
@@ -421,7 +422,9 @@ class _Compiler:
                 node_shapes.extend(edge.node_shapes)
                 plan.append((key, name, edge.shape))
             elif name == "pageInfo":
-                plan.append((key, name, self.page_info(subnodes)))
+                page_info, asked = self.page_info(subnodes)
+                plan.append((key, name, page_info))
+                wanted.update(asked)
             elif name in ("totalCount", "__typename"):
                 plan.append((key, name, None))
             else:
@@ -434,13 +437,19 @@ class _Compiler:
                 detected_from=given.get("detectedFrom"),
                 detected_to=given.get("detectedTo"),
             )
-            first = given.get("first")
-            rows, has_next_page = await incidents.page_rows(
-                viewer=run.viewer,
-                first=20 if first is None else first,
+            window = incidents.Window(
+                first=given.get("first"),
                 after=given.get("after"),
-                where=where,
+                last=given.get("last"),
+                before=given.get("before"),
             )
+            rows, more = await incidents.page_rows(viewer=run.viewer, window=window, where=where)
+            # The cursor's side of the page costs a statement: read only when asked for.
+            behind = "hasNextPage" if window.backward else "hasPreviousPage"
+            beyond = behind in wanted and await incidents.behind_cursor(
+                viewer=run.viewer, window=window, where=where
+            )
+            page = (rows, beyond, more) if window.backward else (rows, more, beyond)
             for shape in node_shapes:
                 await shape.prefetch(rows, run)
             result: dict[str, Any] = {}
@@ -448,7 +457,7 @@ class _Compiler:
                 if name == "edges":
                     result[key] = [part.build(row, run) for row in rows]
                 elif name == "pageInfo":
-                    result[key] = part.build((rows, has_next_page), run)
+                    result[key] = part.build(page, run)
                 elif name == "totalCount":
                     result[key] = await incidents.count(viewer=run.viewer, where=where)
                 else:
@@ -664,13 +673,18 @@ class _Compiler:
                 raise NotCovered(name)
         return _Edges(shape=shape.seal(), node_shapes=node_shapes)
 
-    def page_info(self, nodes: Sequence[FieldNode]) -> Shape:
+    def page_info(self, nodes: Sequence[FieldNode]) -> tuple[Shape, set[str]]:
+        """Return the shape of PageInfo, built from (rows, hasNextPage, hasPreviousPage), and
+        the fields selected on it."""
         type_, fields = self.subfields("PageInfo", nodes)
         getters: dict[str, Getter] = {
             "hasNextPage": lambda page, run: page[1],
+            "hasPreviousPage": lambda page, run: page[2],
+            "startCursor": lambda page, run: _cursor(page[0][0], run) if page[0] else None,
             "endCursor": lambda page, run: _cursor(page[0][-1], run) if page[0] else None,
         }
-        return self.scalars(type_, fields, getters)
+        asked = {subnodes[0].name.value for subnodes in fields.values()}
+        return self.scalars(type_, fields, getters), asked
 
 
 @dataclass(frozen=True, slots=True)

@@ -448,7 +448,12 @@ class MimGraphQLView(GraphQLView[Context, None]):
             if metrics is not None:
                 for limit in limits - {None}:
                     metrics.refusal(limit)
-        return process_result(result)
+        answer = process_result(result)
+        if media.is_request_error(answer):
+            # Nothing ran, so there is no data, not even null (GraphQL spec, "Response"); in
+            # either media type.
+            del answer["data"]
+        return answer
 
     async def get_context(self, request: web.Request, response: Any) -> Context:
         # The GraphiQL page is served without a token; it renders no data.

@@ -3,9 +3,9 @@
 A client that accepts `application/graphql-response+json` (at least as readily as
 `application/json`) gets its answers in that type, with the status codes the GraphQL over HTTP
 spec gives it: a request error (the document does not parse or validate, a variable does not
-coerce, a limit refuses it; errors without a `path`, before any field ran) is 400 and carries no
-`data` entry. Every other client keeps `application/json`, where such an answer stays 200 with
-`errors` (legacy clients read it so).
+coerce, a limit refuses it; errors without a `path`, before any field ran) is 400. Every other
+client keeps `application/json`, where such an answer stays 200 (legacy clients read it so). In
+both a request error carries no `data` entry (the view leaves it out).
 """
 
 from __future__ import annotations

@@ -46,7 +46,9 @@ export async function run<Result, Variables>(
 
 export async function dashboard(token: string): Promise<string[]> {
   const { kpis } = await run(ExecDashboardDocument, { severity: 'P1' }, token);
-  return kpis.map((kpi) => `${kpi.name}: ${kpi.summary.value ?? 'no data'} ${kpi.units}`);
+  // Root fields are nullable (a failing one is null beside the others' data); run() has thrown
+  // on any error, so kpis is here.
+  return (kpis ?? []).map((kpi) => `${kpi.name}: ${kpi.summary.value ?? 'no data'} ${kpi.units}`);
 }
 
 export async function weeklyMeans(token: string, slug: string): Promise<(number | null)[]> {

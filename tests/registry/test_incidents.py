@@ -522,7 +522,7 @@ async def test_first_outside_1_to_100_is_bad_user_input(client, first) -> None:
     await make_incidents(client, 3)
     body = await gql(client, PAGE, {"first": first}, persona="responder")
     assert codes(body) == ["BAD_USER_INPUT"]
-    assert body["data"] is None
+    assert body["data"] == {"incidents": None}  # the failing root field alone is null
 
 
 def cursor(raw: str) -> str:
@@ -564,7 +564,7 @@ async def test_a_garbage_after_cursor_is_bad_user_input(client, after) -> None:
     await make_incidents(client, 3)
     body = await gql(client, PAGE, {"first": 2, "after": after}, persona="responder")
     assert codes(body) == ["BAD_USER_INPUT"], body
-    assert body["data"] is None
+    assert body["data"] == {"incidents": None}
 
 
 BASE64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -588,7 +588,7 @@ async def test_every_changed_character_of_a_cursor_is_refused_never_another_page
             forged = cursor_text[:position] + replacement + cursor_text[position + 1 :]
             body = await gql(client, PAGE, {"first": 3, "after": forged}, persona="responder")
             assert codes(body) == ["BAD_USER_INPUT"], (position, body)
-            assert body["data"] is None
+            assert body["data"] == {"incidents": None}
             tried += 1
     for forged in (cursor_text[:-1], cursor_text + "A", cursor_text[::-1]):
         body = await gql(client, PAGE, {"first": 3, "after": forged}, persona="responder")
@@ -622,7 +622,7 @@ async def test_cursors_and_alert_ids_reveal_no_row_id(client) -> None:
         assert read["data"]["incident"]["alerts"] == [{"id": alert_id}]
     # An alert id is sealed for another use: it is no cursor.
     body = await gql(client, PAGE, {"first": 2, "after": alert_id}, persona="responder")
-    assert codes(body) == ["BAD_USER_INPUT"] and body["data"] is None
+    assert codes(body) == ["BAD_USER_INPUT"] and body["data"] == {"incidents": None}
 
 
 async def test_the_key_is_kept_in_the_database_so_every_worker_seals_alike(client) -> None:

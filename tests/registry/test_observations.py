@@ -284,7 +284,10 @@ async def test_a_batch_may_mix_kpis_and_incidents(client) -> None:
 async def test_a_batch_outside_1_to_1000_is_bad_user_input(client, count) -> None:
     body = await gql(client, RECORD_MANY, {"inputs": batch(count)}, persona="ingest")
     assert codes(body) == ["BAD_USER_INPUT"]
-    assert body["data"] is None
+    if count > 1000:  # the list limit refuses the request before anything runs
+        assert "data" not in body
+    else:
+        assert body["data"] is None
     assert await KpiObservation.count() == 0
 
 
@@ -313,7 +316,10 @@ async def test_a_batch_whose_last_item_is_bad_writes_nothing(client, bad) -> Non
     inputs = [*batch(4), observation(**{"timestamp": "2026-02-01T00:00:00Z", **bad})]
     body = await gql(client, RECORD_MANY, {"inputs": inputs}, persona="ingest")
     assert codes(body) == ["BAD_USER_INPUT"]
-    assert body["data"] is None
+    if "timestamp" in bad:  # the variable does not coerce: a request error, so nothing ran
+        assert "data" not in body
+    else:
+        assert body["data"] is None
     assert await KpiObservation.count() == 0
 
 
@@ -339,7 +345,7 @@ async def test_a_batch_whose_last_value_overflows_json_writes_nothing(client, nu
     text = json.dumps({"query": RECORD_MANY, "variables": {"inputs": inputs}})
     body = await post_raw(client, text.replace('"OVERFLOW"', number))
     assert codes(body) == ["BAD_USER_INPUT"], body
-    assert body["data"] is None
+    assert "data" not in body  # the variable does not coerce: a request error
     assert await KpiObservation.count() == 0
 
 

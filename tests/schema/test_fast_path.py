@@ -474,12 +474,21 @@ class _Rewriter:
         self, node: graphql.FieldNode, parent: graphql.GraphQLObjectType
     ) -> graphql.FieldNode:
         definition = parent.fields[node.name.value]
-        arguments = tuple(
-            self.argument(argument, definition.args[argument.name.value].type)
+        drawn = [
+            argument
             for argument in node.arguments or ()
             # kpi(asOf:) is the executor's by design (rebuilt from revisions): kept in a few
             # queries, so that most of the comparison still reaches the compiled plans.
             if argument.name.value != "asOf" or self.rng.random() < 0.2
+        ]
+        given = {argument.name.value for argument in drawn}
+        if given & FORWARD and given & BACKWARD and self.rng.random() < 0.85:
+            # Drawn freely, most pages would mix first/after with last/before (refused): keep
+            # one direction mostly, so that most pages reach the data.
+            dropped = FORWARD if self.rng.random() < 0.5 else BACKWARD
+            drawn = [argument for argument in drawn if argument.name.value not in dropped]
+        arguments = tuple(
+            self.argument(argument, definition.args[argument.name.value].type) for argument in drawn
         )
         selection_set = None
         if node.selection_set is not None:
@@ -516,12 +525,12 @@ class _Rewriter:
     ) -> graphql.ArgumentNode:
         value = node.value
         if (
-            node.name.value == "after"
+            node.name.value in ("after", "before")
             and isinstance(value, graphql.StringValueNode)
             and value.value not in self.cursors
             and self.rng.random() < 0.75
         ):
-            value = nodes.Null  # most drawn `after` values are no cursor; reach the data too
+            value = nodes.Null  # most drawn cursor values are no cursor; reach the data too
         if self.rng.random() < 0.35:
             value = self.variable(str(type_), value)
         return graphql.ArgumentNode(name=node.name, value=value)
@@ -548,6 +557,11 @@ class _Rewriter:
             )
         )
         return graphql.VariableNode(name=graphql.NameNode(value=name))
+
+
+# incidents' arguments of each paging direction.
+FORWARD = frozenset({"first", "after"})
+BACKWARD = frozenset({"last", "before"})
 
 
 def rewritten(cursors: list[str]) -> Callable[[graphql.DocumentNode], Request]:
@@ -644,7 +658,7 @@ async def test_generated_queries_answer_the_same_on_both_paths_for_every_persona
     assert differences == [], f"{len(differences)} differ:\n" + "\n".join(differences[:5])
     assert leaks == [], "\n".join(leaks[:5])
     # Otherwise the comparison proves little: most answers would come from the one executor.
-    assert share > 0.35, share  # measured: 52-63% over seeds
+    assert share > 0.35, share  # measured: 38-47% over seeds since last/before (52-63% before)
     # Measured per persona: 62-75% on 2026-11-27; 46-62% on 2026-12-03 (more error cases drawn).
     assert all(served[p] / sent[p] > 0.40 for p in PERSONAS), served
 
@@ -1266,7 +1280,7 @@ async def test_with_introspection_off_both_paths_refuse_it_alike_and_the_rest_is
     ):
         for query in INTROSPECTION.values():
             body = await same(fast, standard, "admin", query, served=False)
-            assert body["data"] is None
+            assert "data" not in body
         await same(fast, standard, "admin", "{ kpis { slugg } }", served=False)  # no suggestion
         await same(fast, standard, "exec", Q1, served=True)
         await same(fast, standard, "exec", "{ __typename }", served=True)

@@ -452,10 +452,11 @@ def draw(strategy: st.SearchStrategy[Any], count: int, salt: int = 0) -> list[An
 class _Steer(graphql.Visitor):
     """Turn most requests a cheap check would refuse into ones that reach the data.
 
-    Every nullable argument is always present in a generated document, so most `after` values
-    are not cursors and most `from`/`to` pairs are backwards, and most `incidents` and `series`
-    selections would stop at BAD_USER_INPUT. Three in four of those are made valid here; which
-    ones depends only on the value (crc32), so a seed still replays the same documents.
+    Every nullable argument is always present in a generated document, so most `after` and
+    `before` values are not cursors, most `from`/`to` pairs are backwards and every page mixes
+    first with last, and most `incidents` and `series` selections would stop at BAD_USER_INPUT.
+    Most of those are made valid here; which ones depends only on the value (crc32), so a seed
+    still replays the same documents.
     """
 
     def __init__(self, cursors: Sequence[str]) -> None:
@@ -465,14 +466,21 @@ class _Steer(graphql.Visitor):
     def enter_field(self, node: graphql.FieldNode, *_: Any) -> graphql.FieldNode | None:
         args = {a.name.value: a for a in node.arguments or ()}
         changed = dict(args)
-        after = args.get("after")
-        if (
-            after is not None
-            and isinstance(after.value, graphql.StringValueNode)
-            and after.value.value not in self.cursors
-            and zlib.crc32(after.value.value.encode()) % 4
-        ):
-            changed["after"] = graphql.ArgumentNode(name=after.name, value=nodes.Null)
+        for name in ("after", "before"):
+            cursor = args.get(name)
+            if (
+                cursor is not None
+                and isinstance(cursor.value, graphql.StringValueNode)
+                and cursor.value.value not in self.cursors
+                and zlib.crc32(cursor.value.value.encode()) % 4
+            ):
+                changed[name] = graphql.ArgumentNode(name=cursor.name, value=nodes.Null)
+        if {"first", "last"} <= set(args):
+            # Paging both ways at once is refused: most pages go one way (forward or backward).
+            roll = zlib.crc32(graphql.print_ast(node).encode()) % 8
+            for name in ("last", "before") if roll < 4 else ("first", "after") if roll < 7 else ():
+                if name in args:
+                    changed[name] = graphql.ArgumentNode(name=args[name].name, value=nodes.Null)
         start, end = args.get("from"), args.get("to")
         if (
             start is not None
@@ -555,9 +563,9 @@ class Values:
             if where == "IncidentInput" and rng.random() < 0.4:
                 return nodes.String(f"INC-GEN-{rng.randrange(1000)}")
             return nodes.String(self.text() if odd else rng.choice(INCIDENT_IDS))
-        if name == "after":
+        if name in ("after", "before"):
             return nodes.String(self.text() if odd else rng.choice(CURSOR_MARKS))
-        if name == "first":
+        if name in ("first", "last"):
             return nodes.Int(rng.choice((0, -1, 101, 2**31 - 1)) if odd else rng.randint(1, 100))
         if name == "reviewCadence":
             return nodes.String(rng.choice(CADENCES[5:] if odd else CADENCES[:5]))

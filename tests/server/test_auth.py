@@ -801,7 +801,7 @@ async def test_plain_persona_claim_is_ignored_when_another_claim_is_configured(
     namespaced_client: TestClient,
 ) -> None:
     body = await graphql_viewer(namespaced_client, make_token("admin"))
-    assert body["data"] is None
+    assert body["data"] == {"viewer": None}
     assert [e["extensions"]["code"] for e in body["errors"]] == ["FORBIDDEN"]
 
 
@@ -818,7 +818,7 @@ async def test_persona_names_match_exactly_or_name_nothing(
     client: TestClient, persona: str
 ) -> None:
     body = await graphql_viewer(client, make_token(persona))
-    assert body["data"] is None
+    assert body["data"] == {"viewer": None}
     assert [e["extensions"]["code"] for e in body["errors"]] == ["FORBIDDEN"]
     kpis = await client.get("/kpis", headers=bearer(make_token(persona)))
     assert kpis.status == 403, await kpis.text()

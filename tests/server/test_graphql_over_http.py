@@ -99,10 +99,49 @@ async def test_a_request_error_is_400_without_data_for_graphql_response_json(
     assert (status, media) == (400, GRAPHQL_RESPONSE)
     assert "data" not in body
     assert [e["extensions"]["code"] for e in body["errors"]] == ["BAD_USER_INPUT"]
-    # Legacy clients keep 200 with data null and the same errors.
+    # Legacy clients keep 200, also without data, and the same errors.
     status, media, legacy = await post(client, REQUEST_ERRORS[name], accept="application/json")
     assert (status, media) == (200, "application/json")
-    assert legacy["data"] is None and legacy["errors"] == body["errors"]
+    assert "data" not in legacy and legacy["errors"] == body["errors"]
+
+
+# Every other refusal made before execution starts: limits, operation names, the list limit.
+MORE_REQUEST_ERRORS = {
+    "depth": {"query": '{ incident(id: "INC-1") { ' + "kpis { incident { " * 6 + "id" + " } }" * 7},
+    "tokens": {"query": "{ kpis { " + "slug " * 1001 + "} }"},
+    "aliases": {"query": "{ " + " ".join(f"a{i}: viewer {{ subject }}" for i in range(16)) + " }"},
+    "list-items": {
+        "query": 'query ($s: [String!]) { incident(id: "INC-1") { kpis(slugs: $s) { value } } }',
+        "variables": {"s": ["mttr"] * 101},
+    },
+    "unknown-operation": {"query": "query A { viewer { subject } }", "operationName": "B"},
+    "several-operations": {"query": "query A { viewer { subject } } query B { kpis { slug } }"},
+    "bad-operation-name": {"query": "{ viewer { subject } }", "operationName": "not a name"},
+    "subscription": {"query": "subscription { kpis { slug } }"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(set(REQUEST_ERRORS) | set(MORE_REQUEST_ERRORS)))
+@pytest.mark.parametrize("accept", [GRAPHQL_RESPONSE, "application/json", None])
+@pytest.mark.parametrize("method", ["POST", "GET"])
+async def test_no_request_error_carries_data_in_either_media_type(
+    client: TestClient, name: str, accept: str | None, method: str
+) -> None:
+    request = {**REQUEST_ERRORS, **MORE_REQUEST_ERRORS}[name]
+    headers = {"Authorization": f"Bearer {make_token('exec')}"}
+    if accept is not None:
+        headers["Accept"] = accept
+    if method == "POST":
+        response = await client.post("/graphql", json=request, headers=headers)
+    else:
+        params = {k: json.dumps(v) if k == "variables" else v for k, v in request.items()}
+        response = await client.get("/graphql", params=params, headers=headers)
+    body = await response.json(content_type=None)
+    assert "data" not in body, body
+    assert body["errors"], body
+    assert {e["extensions"]["code"] for e in body["errors"]} == {"BAD_USER_INPUT"}, body
+    assert all("path" not in e for e in body["errors"])
+    assert response.status >= 400 if accept == GRAPHQL_RESPONSE else response.status < 500
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from .enums import Comparison
 
 
 class ExecDashboard(BaseModel):
-    kpis: list["ExecDashboardKpis"]
+    kpis: Optional[list["ExecDashboardKpis"]]
 
 
 class ExecDashboardKpis(BaseModel):

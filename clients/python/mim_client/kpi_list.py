@@ -10,7 +10,7 @@ from .enums import Comparison, Persona, Severity, Visibility
 
 
 class KpiList(BaseModel):
-    kpis: list["KpiListKpis"]
+    kpis: Optional[list["KpiListKpis"]]
 
 
 class KpiListKpis(BaseModel):

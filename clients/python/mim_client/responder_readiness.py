@@ -10,7 +10,7 @@ from .base_model import BaseModel
 
 
 class ResponderReadiness(BaseModel):
-    incidents: "ResponderReadinessIncidents"
+    incidents: Optional["ResponderReadinessIncidents"]
 
 
 class ResponderReadinessIncidents(BaseModel):

@@ -11,7 +11,7 @@ from .enums import Comparison
 
 
 class StakeholderReport(BaseModel):
-    kpis: list["StakeholderReportKpis"]
+    kpis: Optional[list["StakeholderReportKpis"]]
 
 
 class StakeholderReportKpis(BaseModel):
