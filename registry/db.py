@@ -173,11 +173,72 @@ async def fetch(sql: str, args: Sequence[Any]) -> Sequence[Mapping[str, Any]]:
         finally:
             await connection.close()
     assert isinstance(db, SQLiteEngine)
+    if _readers is not None:
+        return await _readers.fetch(sql, args)
     async with aiosqlite.connect(**db.connection_kwargs) as connection:
         await guard(connection)
         connection.row_factory = sqlite3.Row
         async with connection.execute(sql, list(args)) as cursor:
             return await cursor.fetchall()  # type: ignore[return-value]
+
+
+class Reader:
+    """One kept SQLite connection for `fetch`, whose progress handler reads a settable deadline."""
+
+    __slots__ = ("connection", "until")
+
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self.connection = connection
+        self.until = float("inf")
+
+
+class Readers:
+    """SQLite connections kept open between reads, as PostgreSQL's pool keeps its own.
+
+    Opening one costs a thread, a file open and a schema read: more than the read itself on
+    the hot paths. A kept connection outside a transaction sees every commit (WAL), and its
+    progress handler, installed once, ends a statement at the deadline of the request using it.
+    A connection whose read failed or was cancelled is closed rather than kept.
+    """
+
+    def __init__(self, connection_kwargs: Mapping[str, Any], keep: int) -> None:
+        self.connection_kwargs = dict(connection_kwargs)
+        self.keep = keep
+        self.idle: list[Reader] = []
+
+    async def _open(self) -> Reader:
+        connection = await aiosqlite.connect(**self.connection_kwargs)
+        connection.row_factory = sqlite3.Row
+        reader = Reader(connection)
+        clock = time.monotonic
+        await connection.set_progress_handler(lambda: clock() > reader.until, PROGRESS_STEPS)
+        return reader
+
+    async def fetch(self, sql: str, args: Sequence[Any]) -> Sequence[Mapping[str, Any]]:
+        reader = self.idle.pop() if self.idle else await self._open()
+        until = deadline.get()
+        reader.until = float("inf") if until is None else until
+        try:
+            rows = await reader.connection.execute_fetchall(sql, list(args))
+        except BaseException:
+            await reader.connection.close()  # its statement was interrupted, or the read failed
+            raise
+        if len(self.idle) < self.keep:
+            self.idle.append(reader)
+        else:
+            await reader.connection.close()
+        return rows  # type: ignore[return-value]
+
+    async def close(self) -> None:
+        idle, self.idle = self.idle, []
+        for reader in idle:
+            await reader.connection.close()
+
+
+# The kept SQLite read connections while an application serves (None: each read opens its own).
+_readers: Readers | None = None
+# At most this many are kept idle; more may be open at once, and close after their read.
+READERS_KEPT = 16
 
 
 # Applications sharing the process's one engine (tests run several): the pool closes with the last.
@@ -202,6 +263,8 @@ async def _open(statement_timeout_seconds: float) -> None:
     if isinstance(db, SQLiteEngine):
         # WAL lets readers proceed while one writer commits; the mode persists in the file.
         await db.run_ddl("PRAGMA journal_mode=WAL")
+        global _readers
+        _readers = Readers(db.connection_kwargs, READERS_KEPT)
     elif isinstance(db, PostgresEngine):
         # A slow statement is cancelled by the server, freeing its connection for others.
         await db.start_connection_pool(
@@ -274,6 +337,10 @@ async def close_engine() -> None:
     db = engine()
     if isinstance(db, PostgresEngine):
         await db.close_connection_pool()
+    global _readers
+    if _readers is not None:
+        readers, _readers = _readers, None
+        await readers.close()
 
 
 def is_transient(error: BaseException | None) -> bool:

@@ -108,3 +108,62 @@ async def test_a_timed_out_request_stops_using_the_database(settings: Settings) 
         assert not connection_threads() - before, "the statement's thread still runs"
         health = await client.get("/healthz")
         assert health.status == 200
+
+
+# Kept read connections (registry/db.py Readers): while an application serves, db.fetch reuses
+# open SQLite connections instead of opening one per read.
+
+
+def reader_threads() -> set[threading.Thread]:
+    readers = db._readers
+    assert readers is not None, "the engine is open: reads use kept connections"
+    return {reader.connection._thread for reader in readers.idle}
+
+
+async def test_kept_readers_are_reused_and_see_every_commit() -> None:
+    await db.open_engine()
+    try:
+        count = "SELECT count(*) AS n FROM kpi_definition"
+        before = (await db.fetch(count, []))[0]["n"]
+        [kept] = reader_threads()
+        await KpiDefinition.delete().where(KpiDefinition.slug == "mttr")  # another connection
+        assert (await db.fetch(count, []))[0]["n"] == before - 1, "a kept reader read stale rows"
+        assert reader_threads() == {kept}, "the read opened a new connection"
+    finally:
+        await db.close_engine()
+    kept.join(HANG)  # its close was queued behind nothing: it ends at once
+    assert not kept.is_alive(), "closing the engine leaves its readers open"
+
+
+async def test_a_kept_reader_is_interrupted_at_its_deadline_and_then_dropped() -> None:
+    await db.open_engine()
+    try:
+        await within_deadline(0.3, lambda: db.fetch("SELECT 1", []))
+        [kept] = reader_threads()
+        await asyncio.sleep(0.4)  # that deadline is past: the next read without one still runs
+        assert (await db.fetch(FINITE, []))[0]["top"] == 200_000
+        assert reader_threads() == {kept}
+        with pytest.raises(sqlite3.OperationalError) as caught:
+            await within_deadline(0.2, lambda: db.fetch(ENDLESS, []))
+        assert db.is_timeout(caught.value)
+        assert reader_threads() == set(), "an interrupted reader was kept"
+        kept.join(HANG)
+        assert not kept.is_alive(), "the interrupted reader's thread still runs"
+        assert (await db.fetch("SELECT 2 AS two", []))[0]["two"] == 2
+    finally:
+        await db.close_engine()
+
+
+async def test_at_most_readers_kept_stay_open_after_a_burst() -> None:
+    await db.open_engine()
+    before = connection_threads()
+    try:
+        burst = 2 * db.READERS_KEPT
+        answers = await asyncio.gather(*(db.fetch(FINITE, []) for _ in range(burst)))
+        assert [rows[0]["top"] for rows in answers] == [200_000] * burst
+        assert len(reader_threads()) == db.READERS_KEPT
+        for thread in connection_threads() - before - reader_threads():
+            thread.join(HANG)
+            assert not thread.is_alive(), "a surplus reader stayed open"
+    finally:
+        await db.close_engine()
