@@ -51,7 +51,7 @@ class Settings:
     # Personas whose tokens may run only the operations the project ships (server/persisted.py).
     trusted_personas: frozenset[Persona] = frozenset()
     # Requests a worker serves at once; beyond it, answered at once with 503 UNAVAILABLE.
-    max_inflight: int = 64
+    max_inflight: int = 16
     statement_timeout_seconds: float = 10.0
     # How long a definition mutation waits for the recompute it queued before answering with the
     # job still running (it never waits past half the request time limit), and how often each
@@ -139,7 +139,7 @@ def _personas(env: Mapping[str, str], name: str) -> frozenset[Persona]:
 
 
 def _max_inflight(env: Mapping[str, str]) -> int:
-    value = _int(env, "MIM_MAX_INFLIGHT", 64)
+    value = _int(env, "MIM_MAX_INFLIGHT", 16)
     if not 1 <= value <= 100_000:
         raise ConfigError("MIM_MAX_INFLIGHT must be between 1 and 100000 requests")
     return value

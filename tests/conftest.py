@@ -37,6 +37,9 @@ ENV = {
     # Every request is answered afresh, so that tests count what a plan or the executor does;
     # kept answers are tested on their own (tests/server/test_answers.py) and by the leak search.
     "MIM_ANSWER_CACHE": "0",
+    # Tests of interleaving put more requests in flight at once than a worker admits by default;
+    # the bound and its default are tested on their own (test_shed.py, test_overload.py).
+    "MIM_MAX_INFLIGHT": "1000",
 }
 
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402

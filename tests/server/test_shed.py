@@ -138,8 +138,9 @@ async def test_a_request_that_fails_or_times_out_gives_its_place_back(settings) 
         assert (await client.get("/kpis", headers=auth("exec"))).status == 200
 
 
-def test_the_bound_defaults_to_64_and_is_configurable() -> None:
-    assert Settings.from_env(ENV).max_inflight == 64
+def test_the_bound_defaults_to_16_and_is_configurable() -> None:
+    unset = {name: value for name, value in ENV.items() if name != "MIM_MAX_INFLIGHT"}
+    assert Settings.from_env(unset).max_inflight == 16
     assert Settings.from_env({**ENV, "MIM_MAX_INFLIGHT": "500"}).max_inflight == 500
 
 
