@@ -625,6 +625,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> web.App
     app[shed.GATE] = shed.Gate(
         settings.max_inflight,
         on_refusal=partial(metrics.refusal, "inflight") if metrics is not None else None,
+        lag_limit=settings.shed_lag_seconds,
     )
     app[RUNNER] = RecomputeRunner(
         poll_seconds=settings.recompute_poll_seconds,
@@ -635,6 +636,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> web.App
         app[OWNS_TRACING] = owns_tracing
         app.cleanup_ctx.append(_traces)
     app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(shed.watch_lag)
     app.cleanup_ctx.append(_recomputes)
     app.on_response_prepare.append(_without_server_header)
     app.on_response_prepare.append(_no_store)

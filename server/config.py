@@ -52,6 +52,8 @@ class Settings:
     trusted_personas: frozenset[Persona] = frozenset()
     # Requests a worker serves at once; beyond it, answered at once with 503 UNAVAILABLE.
     max_inflight: int = 16
+    # While refusing, the event loop's lag beyond which the bound in force is halved (0: fixed).
+    shed_lag_seconds: float = 0.01
     statement_timeout_seconds: float = 10.0
     # How long a definition mutation waits for the recompute it queued before answering with the
     # job still running (it never waits past half the request time limit), and how often each
@@ -105,6 +107,7 @@ class Settings:
             answer_cache=_flag(env, "MIM_ANSWER_CACHE", True),
             request_timeout_seconds=_seconds(env, "MIM_REQUEST_TIMEOUT", 15.0),
             max_inflight=_max_inflight(env),
+            shed_lag_seconds=_shed_lag(env),
             trusted_personas=_personas(env, "MIM_TRUSTED_OPERATIONS"),
             statement_timeout_seconds=_seconds(env, "MIM_STATEMENT_TIMEOUT", 10.0),
             recompute_wait_seconds=_seconds(env, "MIM_RECOMPUTE_WAIT", 2.0, zero=True),
@@ -136,6 +139,13 @@ def _personas(env: Mapping[str, str], name: str) -> frozenset[Persona]:
     if unknown:
         raise ConfigError(f"{name}: unknown personas {unknown}; use {', '.join(known)}")
     return frozenset(known[n] for n in names)
+
+
+def _shed_lag(env: Mapping[str, str]) -> float:
+    value = _int(env, "MIM_SHED_LAG", 10)
+    if not 0 <= value <= 60_000:
+        raise ConfigError("MIM_SHED_LAG must be between 0 and 60000 milliseconds (0: off)")
+    return value / 1000
 
 
 def _max_inflight(env: Mapping[str, str]) -> int:

@@ -37,9 +37,11 @@ ENV = {
     # Every request is answered afresh, so that tests count what a plan or the executor does;
     # kept answers are tested on their own (tests/server/test_answers.py) and by the leak search.
     "MIM_ANSWER_CACHE": "0",
-    # Tests of interleaving put more requests in flight at once than a worker admits by default;
-    # the bound and its default are tested on their own (test_shed.py, test_overload.py).
+    # Tests of interleaving put more requests in flight at once than a worker admits by default,
+    # on a loop their own clients slow down; the bound, its adaptation to the loop's lag and
+    # their defaults are tested on their own (test_shed.py, test_overload.py).
     "MIM_MAX_INFLIGHT": "1000",
+    "MIM_SHED_LAG": "0",
 }
 
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402

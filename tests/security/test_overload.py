@@ -79,6 +79,7 @@ async def worker(tmp_path: Path) -> AsyncIterator[tuple[int, subprocess.Popen[by
     port = free_port()
     env = {**os.environ, **ENV, "PYTHONUNBUFFERED": "1", "MIM_LOG_FORMAT": "json"}
     env.pop("MIM_MAX_INFLIGHT", None)
+    env.pop("MIM_SHED_LAG", None)
     with open(tmp_path / "mim-serve.log", "wb") as log:
         process = subprocess.Popen(
             [MIM, "serve", "--host", "127.0.0.1", "--port", str(port)],
