@@ -626,6 +626,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> web.App
         settings.max_inflight,
         on_refusal=partial(metrics.refusal, "inflight") if metrics is not None else None,
         lag_limit=settings.shed_lag_seconds,
+        cors=bool(settings.cors_origins),
     )
     app[RUNNER] = RecomputeRunner(
         poll_seconds=settings.recompute_poll_seconds,

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Coroutine
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from registry.model import Persona, Viewer
 from server import definitions_cli, logs
 from server.config import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -70,7 +74,6 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
     if workers > 1:
         _serve_workers(settings, host or settings.host, port or settings.port, workers)
         return
-    from aiohttp import web
 
     from server.app import create_app
 
@@ -83,12 +86,35 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
         app = create_app(settings)
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
-    web.run_app(
+    _run(_serve_one(app, settings, host or settings.host, port or settings.port))
+
+
+async def _serve_one(app: web.Application, settings: Settings, host: str, port: int) -> None:
+    """Serve `app` on host:port until SIGINT or SIGTERM, then finish what is in flight."""
+    from aiohttp import web
+
+    from server.shed import Runner, freeze_heap
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    runner = Runner(
         app,
-        host=host or settings.host,
-        port=port or settings.port,
+        handle_signals=False,
         access_log_class=logs.AccessLogger,
+        shutdown_timeout=settings.request_timeout_seconds,
     )
+    await runner.setup()
+    freeze_heap()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        for address in runner.addresses:
+            click.echo(f"======== Running on http://{address[0]}:{address[1]} ========")
+        click.echo("(Press CTRL+C to quit)")
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> None:

@@ -223,6 +223,7 @@ async def _serve_worker(
     from aiohttp import web
 
     from server import logs
+    from server.shed import Runner, freeze_heap
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -234,13 +235,14 @@ async def _serve_worker(
         stop.set()
 
     loop.add_reader(sys.stdin.fileno(), supervisor_gone)
-    runner = web.AppRunner(
+    runner = Runner(
         app,
         handle_signals=False,
         access_log_class=logs.AccessLogger,
         shutdown_timeout=settings.request_timeout_seconds,
     )
     await runner.setup()
+    freeze_heap()
     try:
         await web.TCPSite(runner, host, port, reuse_port=True).start()
         log.info("listening on http://%s:%d", host, port)

@@ -45,9 +45,11 @@ ENV = {
 }
 
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
+from aiohttp.web_runner import BaseRunner  # noqa: E402
 
 from registry import db  # noqa: E402
 from registry.tables import TABLES, KpiDefinition, KpiRevision  # noqa: E402
+from server import shed  # noqa: E402
 from server.app import create_app  # noqa: E402
 from server.config import Settings  # noqa: E402
 
@@ -103,9 +105,16 @@ def settings() -> Settings:
     return Settings.from_env(ENV)
 
 
+class ServiceServer(TestServer):
+    """aiohttp's test server, serving as `mim serve` does: through server.shed.Runner."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return shed.Runner(self.app, **kwargs)
+
+
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[TestClient]:
-    async with TestClient(TestServer(create_app(settings))) as test_client:
+    async with TestClient(ServiceServer(create_app(settings))) as test_client:
         yield test_client
 
 
