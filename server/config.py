@@ -53,7 +53,7 @@ class Settings:
     # Requests a worker serves at once; beyond it, answered at once with 503 UNAVAILABLE.
     max_inflight: int = 16
     # While refusing, the event loop's lag beyond which the bound in force is halved (0: fixed).
-    shed_lag_seconds: float = 0.01
+    shed_lag_seconds: float = 0.005
     statement_timeout_seconds: float = 10.0
     # How long a definition mutation waits for the recompute it queued before answering with the
     # job still running (it never waits past half the request time limit), and how often each
@@ -142,7 +142,7 @@ def _personas(env: Mapping[str, str], name: str) -> frozenset[Persona]:
 
 
 def _shed_lag(env: Mapping[str, str]) -> float:
-    value = _int(env, "MIM_SHED_LAG", 10)
+    value = _int(env, "MIM_SHED_LAG", 5)
     if not 0 <= value <= 60_000:
         raise ConfigError("MIM_SHED_LAG must be between 0 and 60000 milliseconds (0: off)")
     return value / 1000

@@ -161,7 +161,7 @@ async def test_a_request_that_fails_or_times_out_gives_its_place_back(settings) 
 def test_the_bound_defaults_to_16_and_is_configurable() -> None:
     unset = {k: v for k, v in ENV.items() if k not in ("MIM_MAX_INFLIGHT", "MIM_SHED_LAG")}
     assert Settings.from_env(unset).max_inflight == 16
-    assert Settings.from_env(unset).shed_lag_seconds == 0.01
+    assert Settings.from_env(unset).shed_lag_seconds == 0.005
     assert Settings.from_env({**ENV, "MIM_MAX_INFLIGHT": "500"}).max_inflight == 500
     assert Settings.from_env({**ENV, "MIM_SHED_LAG": "25"}).shed_lag_seconds == 0.025
 
